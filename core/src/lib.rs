@@ -1,0 +1,21 @@
+//! vic's engine, the "port layer" of a virtual container host.
+//!
+//! This crate holds everything that Docker clients see as behaviour, written once for
+//! every backend: the domain model ([`model`]), the provider traits that a backend
+//! implements ([`provider`]: [`Compute`], [`Storage`], [`Network`]), the one error type
+//! that maps onto Docker error responses ([`Error`]) and the [`Engine`] that the
+//! endpoint calls. It names no backend and keeps no durable state of its own: what must
+//! survive a restart lives on the backend (VM extraConfig, datastore files).
+#![warn(missing_docs)]
+
+pub mod dspath;
+pub mod engine;
+pub mod error;
+pub mod ids;
+pub mod model;
+pub mod provider;
+
+pub use dspath::DsPath;
+pub use engine::{Engine, EngineConfig};
+pub use error::{Error, Result};
+pub use provider::{Backend, Compute, MoRef, Network, Storage};
