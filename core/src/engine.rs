@@ -7,8 +7,10 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tracing::info;
 
-use crate::model::keys;
-use crate::provider::{Backend, PoolInfo, PowerState};
+use crate::ids;
+use crate::model::{ContainerConfig, HostConfig, keys};
+use crate::provider::{Backend, PoolInfo, PowerState, VmInfo};
+use crate::reference::Reference;
 use crate::{DsPath, Error, Result};
 
 /// Which VCH the engine serves and where its storage lives.
@@ -56,6 +58,19 @@ pub struct SystemInfo {
     pub memory_bytes: u64,
     /// The image datastore's capacity and free bytes.
     pub datastore: Option<(String, u64, u64)>,
+}
+
+/// A request to create a container, as parsed from the Docker API.
+#[derive(Clone, Debug, Default)]
+pub struct CreateContainer {
+    /// Requested name, or `None` for a generated one.
+    pub name: Option<String>,
+    /// The image as the user named it.
+    pub image: String,
+    /// What runs.
+    pub config: ContainerConfig,
+    /// How it is hosted.
+    pub host_config: HostConfig,
 }
 
 /// Version facts of this build.
@@ -192,5 +207,73 @@ impl Engine {
             memory_bytes: pool.usable_memory_mb() * 1024 * 1024,
             datastore,
         })
+    }
+
+    /// The container VMs of this VCH: VMs in its pool that carry a container id.
+    pub async fn container_vms(&self) -> Result<Vec<VmInfo>> {
+        Ok(self
+            .backend
+            .compute
+            .list_vms(Some(&self.vch.pool.reference))
+            .await?
+            .into_iter()
+            .filter(|vm| vm.extra_config.contains_key(keys::CONTAINER_ID))
+            .collect())
+    }
+
+    /// The repository index of the image store: `registry/repo:tag` to image id.
+    async fn repositories(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        let path = self.vch.store.join("kvStores/repositories.json");
+        if !self.backend.storage.exists(&path).await? {
+            return Ok(Default::default());
+        }
+        let bytes = self.backend.storage.read_file(&path).await?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// Resolves an image reference to an image id in the store.
+    pub async fn find_image(&self, reference: &Reference) -> Result<String> {
+        let key = match (&reference.tag, &reference.digest) {
+            (_, Some(d)) => format!("{}@{d}", reference.full_name()),
+            (Some(t), None) => format!("{}:{t}", reference.full_name()),
+            (None, None) => reference.full_name(),
+        };
+        self.repositories()
+            .await?
+            .remove(&key)
+            .ok_or_else(|| Error::not_found("image", reference.to_string()))
+    }
+
+    /// Creates a container: validates the request and the name, resolves the image.
+    /// Nothing is made on the backend before every check has passed.
+    pub async fn create_container(&self, req: CreateContainer) -> Result<String> {
+        let name = req
+            .name
+            .as_deref()
+            .map(ids::validate_name)
+            .transpose()?
+            .map(str::to_string);
+        let reference = Reference::parse(&req.image)?;
+        if let Some(name) = &name {
+            let vms = self.container_vms().await?;
+            if let Some(vm) = vms
+                .iter()
+                .find(|vm| vm.extra_config.get(keys::CONTAINER_NAME) == Some(name))
+            {
+                let id = vm
+                    .extra_config
+                    .get(keys::CONTAINER_ID)
+                    .cloned()
+                    .unwrap_or_default();
+                return Err(Error::Conflict(format!(
+                    "Conflict. The container name \"/{name}\" is already in use by container \"{id}\". \
+                     You have to remove (or rename) that container to be able to reuse that name."
+                )));
+            }
+        }
+        let _image = self.find_image(&reference).await?;
+        Err(Error::NotSupported(
+            "creating container VMs is not supported by vic yet".into(),
+        ))
     }
 }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod ids;
 pub mod model;
 pub mod provider;
+pub mod reference;
 
 pub use dspath::DsPath;
 pub use engine::{Engine, EngineConfig};

@@ -1,1 +1,174 @@
-//! placeholder
+//! Shared helpers of vic's cross-crate tests: finding the built binaries, starting an
+//! endpoint on a free loopback port, running the real `docker` CLI against it, and
+//! waiting for conditions. Tests that need a server start it here and stop it by PID.
+
+pub mod conformance;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The folder holding the workspace's built binaries (`target/debug`), found from the
+/// running test executable (`target/debug/deps/<test>`), so `CARGO_TARGET_DIR` and
+/// nextest both work.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("deps folder");
+    deps.parent().expect("profile folder").to_path_buf()
+}
+
+/// A workspace binary by name; fails with instructions when it was not built.
+pub fn binary(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace binaries first (cargo build --workspace --bins)",
+        p.display()
+    );
+    p
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics after `timeout` with `what`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `vic-endpoint` process on a loopback port, killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Endpoint {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its simulator state folder.
+    pub state: PathBuf,
+    /// Its log file (stderr).
+    pub log: PathBuf,
+}
+
+impl Endpoint {
+    /// Starts `vic-endpoint --target sim://STATE` on a free port with `extra` arguments
+    /// and waits until `/_ping` answers.
+    pub fn start(state: &Path, extra: &[&str]) -> Endpoint {
+        Self::start_with_env(state, extra, &[])
+    }
+
+    /// As [`Endpoint::start`], with extra environment variables.
+    pub fn start_with_env(state: &Path, extra: &[&str], env: &[(&str, &str)]) -> Endpoint {
+        let port = free_port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let log = state.with_extension(format!("endpoint-{port}.log"));
+        let logf = std::fs::File::create(&log).expect("endpoint log file");
+        let mut cmd = Command::new(binary("vic-endpoint"));
+        cmd.arg("--target")
+            .arg(format!("sim://{}", state.display()))
+            .arg("-H")
+            .arg(format!("tcp://{addr}"))
+            .arg("--log-level")
+            .arg("debug")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logf);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start vic-endpoint");
+        let mut ep = Endpoint {
+            child,
+            addr,
+            state: state.to_path_buf(),
+            log,
+        };
+        let log_path = ep.log.clone();
+        wait_until(Duration::from_secs(20), "the endpoint to listen", || {
+            if let Ok(Some(status)) = ep.child.try_wait() {
+                panic!(
+                    "vic-endpoint exited with {status}:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            TcpStream::connect(addr).ok()
+        });
+        ep
+    }
+
+    /// `tcp://addr`, for `docker -H`.
+    pub fn host(&self) -> String {
+        format!("tcp://{}", self.addr)
+    }
+
+    /// `http://addr`, for HTTP clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL, and wait for it to be gone.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// What the endpoint logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the real `docker` CLI against `host` with an empty client configuration.
+pub fn docker(host: &str, args: &[&str]) -> Output {
+    let config = tempfile::tempdir().expect("docker config dir");
+    Command::new("docker")
+        .arg("-H")
+        .arg(host)
+        .args(args)
+        .env("DOCKER_CONFIG", config.path())
+        .env_remove("DOCKER_HOST")
+        .env_remove("DOCKER_CONTEXT")
+        .env_remove("DOCKER_API_VERSION")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the docker CLI (is it installed?)")
+}
+
+/// stdout of an [`Output`] as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// stderr of an [`Output`] as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -1,0 +1,5 @@
+//! One module per Docker API resource: each parses requests into engine calls and
+//! renders the engine's answers as Docker's JSON.
+
+pub mod containers;
+pub mod system;
