@@ -34,6 +34,7 @@ PACKAGES=(
     python3                            # free-port lookup
     util-linux                         # flock (tests/vcsim/build.sh)
     tar gzip coreutils                 # image layers
+    openssl                            # seeded incompressible data (tests/fixtures)
 )
 
 cmd_install() {
