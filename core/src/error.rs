@@ -31,6 +31,9 @@ pub enum Error {
     /// Not enough CPU, memory or disk in the pool or on the datastore (500).
     #[error("insufficient resources: {0}")]
     InsufficientResources(String),
+    /// Credentials were missing or refused, by a registry or the backend (401).
+    #[error("{0}")]
+    Unauthorized(String),
     /// The backend could not be reached or refused our credentials (503).
     #[error("backend unavailable: {0}")]
     Unavailable(String),
@@ -71,6 +74,7 @@ impl Error {
             Error::NotFound { .. } => 404,
             Error::Conflict(_) | Error::InvalidState(_) => 409,
             Error::InvalidArgument(_) => 400,
+            Error::Unauthorized(_) => 401,
             Error::NotSupported(_) => 501,
             Error::Unavailable(_) => 503,
             Error::InsufficientResources(_) | Error::Io { .. } | Error::Internal(_) => 500,

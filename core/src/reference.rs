@@ -23,8 +23,9 @@ pub struct Reference {
 
 fn valid_component(c: &str) -> bool {
     !c.is_empty()
-        && c.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+        && c.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
         && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && c.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
 }
@@ -32,14 +33,21 @@ fn valid_component(c: &str) -> bool {
 impl Reference {
     /// Parses and normalizes `s`.
     pub fn parse(s: &str) -> Result<Reference> {
-        let bad = |why: &str| Error::InvalidArgument(format!("invalid reference format: {s:?} {why}"));
+        let bad =
+            |why: &str| Error::InvalidArgument(format!("invalid reference format: {s:?} {why}"));
         if s.is_empty() {
             return Err(bad("is empty"));
         }
         let (name, digest) = match s.split_once('@') {
             Some((n, d)) => {
-                let hex = d.strip_prefix("sha256:").ok_or_else(|| bad("has an unknown digest algorithm"))?;
-                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                let hex = d
+                    .strip_prefix("sha256:")
+                    .ok_or_else(|| bad("has an unknown digest algorithm"))?;
+                if hex.len() != 64
+                    || !hex
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                {
                     return Err(bad("has a malformed digest"));
                 }
                 (n, Some(d.to_string()))
@@ -57,7 +65,8 @@ impl Reference {
         if let Some(t) = &tag {
             let ok = !t.is_empty()
                 && t.len() <= 128
-                && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
                 && !t.starts_with(['.', '-']);
             if !ok {
                 return Err(bad("has an invalid tag"));
@@ -144,7 +153,10 @@ mod tests {
         assert_eq!(r.tag.as_deref(), Some("v1"));
         assert_eq!(r.to_string(), "127.0.0.1:5000/team/app:v1");
         let r = Reference::parse("localhost/app").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("localhost", "app"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("localhost", "app")
+        );
         let r = Reference::parse("user/app").unwrap();
         assert_eq!(r.full_name(), "docker.io/user/app");
         let d = format!("sha256:{}", "a".repeat(64));
@@ -155,7 +167,16 @@ mod tests {
 
     #[test]
     fn rejects_bad_names() {
-        for bad in ["", "Busybox", "bad//name", "x:", "x:-t", "a@sha256:12", "-x", "x/"] {
+        for bad in [
+            "",
+            "Busybox",
+            "bad//name",
+            "x:",
+            "x:-t",
+            "a@sha256:12",
+            "-x",
+            "x/",
+        ] {
             assert!(Reference::parse(bad).is_err(), "{bad}");
         }
     }

@@ -49,8 +49,7 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
 
 /// A Docker-style error response: `{"message": …}` with the error's status.
 pub fn error_reply(e: &Error) -> Reply {
-    let status =
-        StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::json!({ "message": e.to_string() });
     let mut v = body.to_string().into_bytes();
     v.push(b'\n');
@@ -62,12 +61,16 @@ pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Error> {
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 Err(Error::InvalidArgument(format!(
                     "request body is larger than {limit} bytes"
                 )))
             } else {
-                Err(Error::InvalidArgument(format!("cannot read request body: {e}")))
+                Err(Error::InvalidArgument(format!(
+                    "cannot read request body: {e}"
+                )))
             }
         }
     }

@@ -5,6 +5,7 @@
 //! version negotiation); the behaviour lives in `vic-core`. The binary `vic-endpoint`
 //! wires a backend in from `--target` and serves on the `-H` listeners.
 #![warn(missing_docs)]
+#![recursion_limit = "256"]
 
 pub mod api;
 pub mod config;

@@ -300,7 +300,12 @@ mod tests {
         let e = strip_version("/v1.99/info").unwrap_err();
         assert!(e.to_string().contains("too new"), "{e}");
         assert_eq!(e.http_status(), 400);
-        assert!(strip_version("/v1.12/info").unwrap_err().to_string().contains("too old"));
+        assert!(
+            strip_version("/v1.12/info")
+                .unwrap_err()
+                .to_string()
+                .contains("too old")
+        );
         assert!(ApiVersion(1, 9) < ApiVersion(1, 41));
     }
 
@@ -313,7 +318,10 @@ mod tests {
         assert_eq!((r.op, r.params), (Op::Unsupported, vec!["abc".to_string()]));
         let r = route("GET", "/images/127.0.0.1:5000/lib/busybox/json").unwrap();
         assert_eq!(r.params, vec!["127.0.0.1:5000/lib/busybox".to_string()]);
-        assert_eq!(route("GET", "/images/json").unwrap().pattern, "/images/json");
+        assert_eq!(
+            route("GET", "/images/json").unwrap().pattern,
+            "/images/json"
+        );
         let r = route("DELETE", "/images/a/b").unwrap();
         assert_eq!(r.params, vec!["a/b".to_string()]);
         assert_eq!(route("GET", "/nope"), Err(RouteError::NotFound));

@@ -501,7 +501,7 @@ impl Inventory {
     }
 
     /// The ancestors of an object, nearest first (not including itself).
-    pub(crate) fn ancestors<'a>(&'a self, id: &'a str) -> Vec<&'a str> {
+    pub(crate) fn ancestors(&self, id: &str) -> Vec<&str> {
         let mut out = Vec::new();
         let mut cur = self.objects.get(id).and_then(|o| o.parent.as_deref());
         while let Some(p) = cur {
@@ -526,9 +526,10 @@ impl Inventory {
 
     /// The child of `parent` named `name`.
     pub(crate) fn child_named(&self, parent: &str, name: &str) -> Option<&str> {
-        self.children(parent)
-            .find(|(_, o)| o.name == name)
-            .map(|(id, _)| id)
+        self.objects
+            .iter()
+            .find(|(_, o)| o.parent.as_deref() == Some(parent) && o.name == name)
+            .map(|(id, _)| id.as_str())
     }
 
     /// Looks up `r` and checks that it is one of `types`.
@@ -537,7 +538,8 @@ impl Inventory {
             .get(&r.value)
             .filter(|o| {
                 let t = o.data.type_name();
-                types.contains(&t) && (r.kind.is_empty() || r.kind == t)
+                // A vApp is a kind of resource pool: either type names either.
+                types.contains(&t) && (r.kind.is_empty() || types.contains(&r.kind.as_str()))
             })
             .ok_or_else(|| Error::not_found(noun, r.value.clone()))
     }
@@ -790,12 +792,15 @@ impl Inventory {
     /// Ends every task that a previous process left queued or running.
     pub(crate) fn fail_interrupted_tasks(&mut self, now: u64) {
         for o in self.objects.values_mut() {
-            if let ObjectData::Task(t) = &mut o.data {
-                if matches!(t.state, TaskState::Queued | TaskState::Running) {
+            match &mut o.data {
+                ObjectData::Task(t)
+                    if matches!(t.state, TaskState::Queued | TaskState::Running) =>
+                {
                     t.state = TaskState::Error;
                     t.error = Some("interrupted: the simulator stopped".into());
                     t.complete_time = Some(now);
                 }
+                _ => {}
             }
         }
     }

@@ -416,7 +416,12 @@ impl<H: Harness + Debug> Sut<H> {
         assert_eq!(names, want, "VMs in the pool");
         for (n, m) in &model.vms {
             let vm = seen[n];
-            assert_eq!(Some(&vm.reference), self.refs.get(n), "reference of {}", vm.name);
+            assert_eq!(
+                Some(&vm.reference),
+                self.refs.get(n),
+                "reference of {}",
+                vm.name
+            );
             assert_eq!(vm.power_state, m.power, "power state of {}", vm.name);
             assert_eq!(vm.num_cpus, m.cpus, "cpus of {}", vm.name);
             assert_eq!(vm.memory_mb, m.memory_mb, "memory of {}", vm.name);
@@ -433,8 +438,15 @@ impl<H: Harness + Debug> Sut<H> {
                 .expect("vm_info");
             assert_eq!(&one, vm, "vm_info agrees with list_vms");
             let has = |pred: fn(&Device) -> bool| vm.devices.iter().any(pred);
-            assert!(has(|d| matches!(d, Device::Disk { .. })), "disk of {}", vm.name);
-            assert!(has(|d| matches!(d, Device::Nic { mac: Some(_), .. })), "NIC with a MAC");
+            assert!(
+                has(|d| matches!(d, Device::Disk { .. })),
+                "disk of {}",
+                vm.name
+            );
+            assert!(
+                has(|d| matches!(d, Device::Nic { mac: Some(_), .. })),
+                "NIC with a MAC"
+            );
             assert!(has(|d| matches!(d, Device::Serial { .. })), "serial port");
         }
     }

@@ -1,4 +1,5 @@
 //! The endpoint on the simulator, driven by the real docker CLI and plain HTTP.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,7 +20,9 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn host_cores() -> u64 {
-    std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1)
 }
 
 fn host_mem_bytes() -> u64 {
@@ -40,7 +43,11 @@ fn docker_version_and_info_describe_the_vch() {
 
     let v = docker(
         &ep.host(),
-        &["version", "--format", "{{.Server.Version}} {{.Server.APIVersion}} {{.Server.MinAPIVersion}}"],
+        &[
+            "version",
+            "--format",
+            "{{.Server.Version}} {{.Server.APIVersion}} {{.Server.MinAPIVersion}}",
+        ],
     );
     assert!(v.status.success(), "docker version: {}", stderr(&v));
     assert_eq!(
@@ -50,7 +57,11 @@ fn docker_version_and_info_describe_the_vch() {
 
     let i = docker(
         &ep.host(),
-        &["info", "--format", "{{.Name}}|{{.NCPU}}|{{.MemTotal}}|{{.Containers}}|{{.Images}}|{{.Driver}}"],
+        &[
+            "info",
+            "--format",
+            "{{.Name}}|{{.NCPU}}|{{.MemTotal}}|{{.Containers}}|{{.Images}}|{{.Driver}}",
+        ],
     );
     assert!(i.status.success(), "docker info: {}", stderr(&i));
     let out = stdout(&i);
@@ -66,7 +77,10 @@ fn docker_version_and_info_describe_the_vch() {
     let text = stdout(&i);
     assert!(text.contains(&format!("Name: {VCH}")), "{text}");
     assert!(text.contains("VCH CPU limit: unlimited"), "{text}");
-    assert!(text.contains(&format!("/DC0/host/DC0_C0/Resources/{VCH}")), "{text}");
+    assert!(
+        text.contains(&format!("/DC0/host/DC0_C0/Resources/{VCH}")),
+        "{text}"
+    );
 }
 
 #[test]
@@ -91,7 +105,8 @@ fn info_follows_the_pool_limits_across_restarts() {
             limit: Some(512),
             ..Allocation::default()
         };
-        rt.block_on(sim.update_pool(&pool.reference, cpu, mem)).unwrap();
+        rt.block_on(sim.update_pool(&pool.reference, cpu, mem))
+            .unwrap();
     }
 
     let ep = Endpoint::start(&state, &["--name", VCH]);
@@ -103,7 +118,11 @@ fn info_follows_the_pool_limits_across_restarts() {
 }
 
 /// Puts container VMs into the VCH's pool through the simulator's API.
-fn seed_container_vms(sim: &Simulator, n: usize, running: usize) -> Vec<vic_core::provider::VmInfo> {
+fn seed_container_vms(
+    sim: &Simulator,
+    n: usize,
+    running: usize,
+) -> Vec<vic_core::provider::VmInfo> {
     let rt = rt();
     let pool = rt
         .block_on(sim.find_pool(&format!("{}/{VCH}", sim.root_pool_path())))
@@ -165,7 +184,11 @@ fn kill_9_loses_nothing() {
     let counts = |ep: &Endpoint| {
         let i = docker(
             &ep.host(),
-            &["info", "--format", "{{.Containers}} {{.ContainersRunning}} {{.ContainersStopped}}"],
+            &[
+                "info",
+                "--format",
+                "{{.Containers}} {{.ContainersRunning}} {{.ContainersStopped}}",
+            ],
         );
         assert!(i.status.success(), "{}", stderr(&i));
         stdout(&i).trim().to_string()
@@ -220,19 +243,43 @@ fn bad_requests_get_docker_errors_and_the_endpoint_keeps_serving() {
         let (s, _, b) = raw(&c, Method::GET, format!("{base}/v1.24/_ping"), None).await;
         assert_eq!((s, b.as_str()), (200, "OK"));
 
-        let (s, _, b) = raw(&c, Method::POST, format!("{base}/v1.41/containers/create"), Some("{nope")).await;
+        let (s, _, b) = raw(
+            &c,
+            Method::POST,
+            format!("{base}/v1.41/containers/create"),
+            Some("{nope"),
+        )
+        .await;
         assert_eq!(s, 400);
         assert!(message(&b).starts_with("invalid JSON"), "{b}");
 
-        let (s, _, b) = raw(&c, Method::POST, format!("{base}/v1.41/containers/create"), Some(r#"{"Image":"busybox","HostConfig":{"Privileged":true}}"#)).await;
+        let (s, _, b) = raw(
+            &c,
+            Method::POST,
+            format!("{base}/v1.41/containers/create"),
+            Some(r#"{"Image":"busybox","HostConfig":{"Privileged":true}}"#),
+        )
+        .await;
         assert_eq!(s, 400);
         assert!(message(&b).contains("--privileged"), "{b}");
 
-        let (s, _, b) = raw(&c, Method::POST, format!("{base}/v1.41/containers/create?name=x"), Some(r#"{"Image":"busybox"}"#)).await;
+        let (s, _, b) = raw(
+            &c,
+            Method::POST,
+            format!("{base}/v1.41/containers/create?name=x"),
+            Some(r#"{"Image":"busybox"}"#),
+        )
+        .await;
         assert_eq!(s, 400, "{b}");
         assert!(message(&b).contains("Invalid container name"), "{b}");
 
-        let (s, _, b) = raw(&c, Method::POST, format!("{base}/v1.41/containers/create"), Some(r#"{"Image":"busybox"}"#)).await;
+        let (s, _, b) = raw(
+            &c,
+            Method::POST,
+            format!("{base}/v1.41/containers/create"),
+            Some(r#"{"Image":"busybox"}"#),
+        )
+        .await;
         assert_eq!(s, 404, "{b}");
         assert_eq!(message(&b), "No such image: busybox:latest");
 
@@ -246,16 +293,32 @@ fn bad_requests_get_docker_errors_and_the_endpoint_keeps_serving() {
         assert_eq!(s, 400);
         assert!(message(&b).contains("too new"), "{b}");
 
-        let (s, _, b) = raw(&c, Method::GET, format!("{base}/v1.41/containers/json"), None).await;
+        let (s, _, b) = raw(
+            &c,
+            Method::GET,
+            format!("{base}/v1.41/containers/json"),
+            None,
+        )
+        .await;
         assert_eq!(s, 501);
-        assert!(message(&b).contains("GET /containers/json is not supported"), "{b}");
+        assert!(
+            message(&b).contains("GET /containers/json is not supported"),
+            "{b}"
+        );
     });
 
     // The docker CLI shows the message of a call vic does not serve.
     let ps = docker(&ep.host(), &["ps"]);
     assert!(!ps.status.success());
-    assert!(stderr(&ps).contains("not supported by vic"), "{}", stderr(&ps));
-    let v = docker(&ep.host(), &["version", "--format", "{{.Server.APIVersion}}"]);
+    assert!(
+        stderr(&ps).contains("not supported by vic"),
+        "{}",
+        stderr(&ps)
+    );
+    let v = docker(
+        &ep.host(),
+        &["version", "--format", "{{.Server.APIVersion}}"],
+    );
     assert!(v.status.success(), "{}", stderr(&v));
     std::thread::sleep(Duration::from_millis(10));
     let mut ep = ep;
@@ -268,7 +331,10 @@ fn serves_a_unix_socket_too() {
     let sock = dir.path().join("docker.sock");
     let sock_arg = format!("unix://{}", sock.display());
     let ep = Endpoint::start(&dir.path().join("state"), &["-H", &sock_arg]);
-    let v = docker(&sock_arg, &["version", "--format", "{{.Server.APIVersion}}"]);
+    let v = docker(
+        &sock_arg,
+        &["version", "--format", "{{.Server.APIVersion}}"],
+    );
     assert!(v.status.success(), "{}", stderr(&v));
     assert_eq!(stdout(&v).trim(), "1.41");
     // The TCP listener from Endpoint::start keeps working beside it.

@@ -71,6 +71,7 @@ pub fn version(engine: &Engine) -> Reply {
                     "Arch": go_arch(),
                     "KernelVersion": kernel,
                     "Backend": engine.backend().product,
+                    "Experimental": "false",
                 }
             }],
             "Version": v.version,
@@ -104,9 +105,15 @@ pub async fn info(engine: &Engine) -> Result<Reply, Error> {
     let mut driver_status = vec![
         json!(["VCH resource pool", pool.path]),
         json!(["VCH CPU limit", limit(pool.cpu.limit, "MHz")]),
-        json!(["VCH CPU reservation", format!("{} MHz", pool.cpu.reservation)]),
+        json!([
+            "VCH CPU reservation",
+            format!("{} MHz", pool.cpu.reservation)
+        ]),
         json!(["VCH memory limit", limit(pool.memory.limit, "MiB")]),
-        json!(["VCH memory reservation", format!("{} MiB", pool.memory.reservation)]),
+        json!([
+            "VCH memory reservation",
+            format!("{} MiB", pool.memory.reservation)
+        ]),
         json!(["Image store", i.vch.store.to_string()]),
         json!(["Backend", i.product]),
     ];
