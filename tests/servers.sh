@@ -3,8 +3,10 @@
 # API simulator (tests/vcsim), each started on 127.0.0.1 in a directory of its own.
 #
 #   tests/servers.sh install                          apt-get the Debian packages the tests need
-#   tests/servers.sh registry-start DIR [--htpasswd FILE]
+#   tests/servers.sh registry-start DIR [--htpasswd FILE | --auth-config FILE]
 #                                                     prints 127.0.0.1:PORT; DIR/{config.yml,data,registry.log,pid,addr}
+#                                                     --auth-config appends FILE, a top-level `auth:` section
+#                                                     (e.g. token auth), to config.yml
 #   tests/servers.sh registry-stop DIR
 #   tests/servers.sh vcsim-start DIR [vcsim flags...] prints the vcsim info JSON line; DIR/{info.json,pid,vcsim.log,datastores}
 #   tests/servers.sh vcsim-stop DIR
@@ -129,16 +131,20 @@ refuse_running() {
 }
 
 cmd_registry_start() {
-    (($# >= 1)) || die "usage: registry-start DIR [--htpasswd FILE]"
-    local dir=$1 htpasswd=""
+    (($# >= 1)) || die "usage: registry-start DIR [--htpasswd FILE | --auth-config FILE]"
+    local dir=$1 htpasswd="" authconfig=""
     shift
     while (($#)); do
         case $1 in
             --htpasswd) (($# >= 2)) || die "--htpasswd needs a FILE"; htpasswd=$2; shift 2 ;;
             --htpasswd=*) htpasswd=${1#*=}; shift ;;
+            --auth-config) (($# >= 2)) || die "--auth-config needs a FILE"; authconfig=$2; shift 2 ;;
+            --auth-config=*) authconfig=${1#*=}; shift ;;
             *) die "registry-start: unknown argument $1" ;;
         esac
     done
+    [[ -z $htpasswd || -z $authconfig ]] || die "registry-start: --htpasswd and --auth-config exclude each other"
+    [[ -z $authconfig || -f $authconfig ]] || die "no auth config file $authconfig"
     command -v docker-registry >/dev/null || die "docker-registry not found; run tests/servers.sh install"
     mkdir -p "$dir/data"
     dir=$(cd "$dir" && pwd)
@@ -151,7 +157,7 @@ cmd_registry_start() {
 
     local attempt port pid code='' want i logstart
     want=200
-    [[ -n $htpasswd ]] && want=401
+    [[ -n $htpasswd || -n $authconfig ]] && want=401
     for attempt in 1 2 3 4 5; do
         port=$(free_port)
         {
@@ -183,6 +189,9 @@ cmd_registry_start() {
                 echo "  htpasswd:"
                 echo "    realm: vic-test-registry"
                 echo "    path: $htpasswd"
+            fi
+            if [[ -n $authconfig ]]; then
+                cat "$authconfig"
             fi
         } >"$dir/config.yml"
 

@@ -8,8 +8,10 @@ use serde::Serialize;
 use tracing::info;
 
 use crate::ids;
+use crate::images::ImageStore;
 use crate::model::{ContainerConfig, HostConfig, keys};
 use crate::provider::{Backend, PoolInfo, PowerState, VmInfo};
+use crate::pull::Registry;
 use crate::reference::Reference;
 use crate::{DsPath, Error, Result};
 
@@ -22,6 +24,8 @@ pub struct EngineConfig {
     pub pool_path: String,
     /// Datastore for images (the first datastore when `None`).
     pub image_datastore: Option<String>,
+    /// The registry client for pulls and logins.
+    pub registry: Option<Arc<dyn Registry>>,
 }
 
 /// The VCH as resolved on the backend.
@@ -92,8 +96,11 @@ pub const MIN_API_VERSION: &str = "1.24";
 /// The backend-agnostic engine.
 #[derive(Debug)]
 pub struct Engine {
-    backend: Backend,
-    vch: Vch,
+    pub(crate) backend: Backend,
+    pub(crate) vch: Vch,
+    pub(crate) images: ImageStore,
+    pub(crate) registry: Option<Arc<dyn Registry>>,
+    pub(crate) auth_lock: tokio::sync::Mutex<()>,
     started: SystemTime,
 }
 
@@ -113,9 +120,7 @@ impl Engine {
                 .ok_or_else(|| Error::Internal("the backend has no datastore".into()))?,
         };
         let store = DsPath::new(ds.name.clone(), format!("VIC/{}", pool.reference.value));
-        for sub in ["images", "kvStores"] {
-            backend.storage.make_dir(&store.join(sub)).await?;
-        }
+        let images = ImageStore::open(backend.storage.clone(), store.clone()).await?;
         let vch = Vch {
             id: pool.reference.value.clone(),
             name: config.vch_name,
@@ -126,6 +131,9 @@ impl Engine {
         Ok(Arc::new(Engine {
             backend,
             vch,
+            images,
+            registry: config.registry,
+            auth_lock: tokio::sync::Mutex::new(()),
             started: SystemTime::now(),
         }))
     }
@@ -178,14 +186,7 @@ impl Engine {
             .iter()
             .filter(|vm| vm.power_state == PowerState::Suspended)
             .count();
-        let images = self
-            .backend
-            .storage
-            .list_dir(&self.vch.store.join("images"))
-            .await?
-            .iter()
-            .filter(|e| e.is_dir)
-            .count();
+        let images = self.images.images().await?.len();
         let datastore = self
             .backend
             .storage
@@ -221,29 +222,6 @@ impl Engine {
             .collect())
     }
 
-    /// The repository index of the image store: `registry/repo:tag` to image id.
-    async fn repositories(&self) -> Result<std::collections::BTreeMap<String, String>> {
-        let path = self.vch.store.join("kvStores/repositories.json");
-        if !self.backend.storage.exists(&path).await? {
-            return Ok(Default::default());
-        }
-        let bytes = self.backend.storage.read_file(&path).await?;
-        Ok(serde_json::from_slice(&bytes)?)
-    }
-
-    /// Resolves an image reference to an image id in the store.
-    pub async fn find_image(&self, reference: &Reference) -> Result<String> {
-        let key = match (&reference.tag, &reference.digest) {
-            (_, Some(d)) => format!("{}@{d}", reference.full_name()),
-            (Some(t), None) => format!("{}:{t}", reference.full_name()),
-            (None, None) => reference.full_name(),
-        };
-        self.repositories()
-            .await?
-            .remove(&key)
-            .ok_or_else(|| Error::not_found("image", reference.to_string()))
-    }
-
     /// Creates a container: validates the request and the name, resolves the image.
     /// Nothing is made on the backend before every check has passed.
     pub async fn create_container(&self, req: CreateContainer) -> Result<String> {
@@ -271,7 +249,7 @@ impl Engine {
                 )));
             }
         }
-        let _image = self.find_image(&reference).await?;
+        let _image = self.resolve_image(&reference.to_string()).await?;
         Err(Error::NotSupported(
             "creating container VMs is not supported by vic yet".into(),
         ))

@@ -15,6 +15,10 @@ pub enum Error {
         /// The name or id that was asked for.
         id: String,
     },
+    /// Something is missing, described by a whole message (404), e.g. dockerd's
+    /// "pull access denied … may require 'docker login'".
+    #[error("{0}")]
+    Missing(String),
     /// The request conflicts with the state of an object (409), e.g. a name in use.
     #[error("{0}")]
     Conflict(String),
@@ -71,7 +75,7 @@ impl Error {
     /// The HTTP status code that the Docker Engine API uses for this error.
     pub fn http_status(&self) -> u16 {
         match self {
-            Error::NotFound { .. } => 404,
+            Error::NotFound { .. } | Error::Missing(_) => 404,
             Error::Conflict(_) | Error::InvalidState(_) => 409,
             Error::InvalidArgument(_) => 400,
             Error::Unauthorized(_) => 401,
@@ -83,7 +87,7 @@ impl Error {
 
     /// True when the error says the object is missing.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::NotFound { .. })
+        matches!(self, Error::NotFound { .. } | Error::Missing(_))
     }
 }
 

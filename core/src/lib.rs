@@ -8,12 +8,16 @@
 //! survive a restart lives on the backend (VM extraConfig, datastore files).
 #![warn(missing_docs)]
 
+pub mod digest;
 pub mod dspath;
 pub mod engine;
 pub mod error;
 pub mod ids;
+pub mod image_ops;
+pub mod images;
 pub mod model;
 pub mod provider;
+pub mod pull;
 pub mod reference;
 
 pub use dspath::DsPath;

@@ -13,6 +13,8 @@ pub mod keys {
     pub const CONTAINER_ID: &str = "guestinfo.vice./common/id";
     /// The container's name.
     pub const CONTAINER_NAME: &str = "guestinfo.vice./common/name";
+    /// The id (`sha256:…`) of the container's image.
+    pub const IMAGE_ID: &str = "guestinfo.vice./common/image";
     /// The id of the VCH that owns the container.
     pub const VCH_ID: &str = "guestinfo.vice./common/vch";
 }

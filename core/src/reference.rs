@@ -118,6 +118,12 @@ impl Reference {
         }
     }
 
+    /// The repository path as dockerd's "Pulling from" line shows it: `library/busybox`
+    /// on Docker Hub, the path in other registries.
+    pub fn familiar_name_path(&self) -> &str {
+        &self.repository
+    }
+
     /// The fully qualified repository: `docker.io/library/busybox`.
     pub fn full_name(&self) -> String {
         format!("{}/{}", self.registry, self.repository)

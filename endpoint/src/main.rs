@@ -29,6 +29,13 @@ struct Args {
     /// Datastore for images and container folders (default: the first one).
     #[arg(long)]
     image_store: Option<String>,
+    /// A registry reached over plain HTTP (and HTTPS without certificate checks), as
+    /// HOST:PORT (repeatable), as VIC's --insecure-registry.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registries: Vec<String>,
+    /// A PEM file of CA certificates trusted for registries (repeatable).
+    #[arg(long = "registry-ca", value_name = "FILE")]
+    registry_cas: Vec<std::path::PathBuf>,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: LevelFilter,
@@ -79,12 +86,23 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             return Err("the vSphere backend is not supported by this build yet".into());
         }
     };
+    let mut ca_certificates_pem = Vec::new();
+    for f in &args.registry_cas {
+        ca_certificates_pem
+            .push(std::fs::read(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?);
+    }
+    let registry = vic_registry::RegistryClient::new(vic_registry::RegistryConfig {
+        insecure_registries: args.insecure_registries,
+        ca_certificates_pem,
+        ..Default::default()
+    })?;
     let engine = Engine::open(
         backend,
         EngineConfig {
             vch_name: args.name,
             pool_path,
             image_datastore: args.image_store,
+            registry: Some(Arc::new(registry)),
         },
     )
     .await?;

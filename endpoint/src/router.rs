@@ -17,6 +17,22 @@ pub enum Op {
     Info,
     /// `POST /containers/create`.
     ContainerCreate,
+    /// `GET /images/json`.
+    ImageList,
+    /// `GET /images/{name}/json`.
+    ImageInspect,
+    /// `GET /images/{name}/history`.
+    ImageHistory,
+    /// `POST /images/{name}/tag`.
+    ImageTag,
+    /// `DELETE /images/{name}`.
+    ImageDelete,
+    /// `POST /images/prune`.
+    ImagePrune,
+    /// `POST /images/create` (pull).
+    ImageCreate,
+    /// `POST /auth`.
+    Auth,
     /// A Docker API route that vic does not serve.
     Unsupported,
 }
@@ -90,7 +106,7 @@ const ROUTES: &[(&str, &str, Op)] = &[
     ("GET", "/info", Op::Info),
     ("GET", "/events", Op::Unsupported),
     ("GET", "/system/df", Op::Unsupported),
-    ("POST", "/auth", Op::Unsupported),
+    ("POST", "/auth", Op::Auth),
     ("POST", "/session", Op::Unsupported),
     // containers
     ("GET", "/containers/json", Op::Unsupported),
@@ -124,18 +140,18 @@ const ROUTES: &[(&str, &str, Op)] = &[
     ("POST", "/exec/{}/resize", Op::Unsupported),
     ("GET", "/exec/{}/json", Op::Unsupported),
     // images
-    ("GET", "/images/json", Op::Unsupported),
-    ("POST", "/images/create", Op::Unsupported),
+    ("GET", "/images/json", Op::ImageList),
+    ("POST", "/images/create", Op::ImageCreate),
     ("GET", "/images/search", Op::Unsupported),
-    ("POST", "/images/prune", Op::Unsupported),
+    ("POST", "/images/prune", Op::ImagePrune),
     ("GET", "/images/get", Op::Unsupported),
     ("POST", "/images/load", Op::Unsupported),
-    ("GET", "/images/{*}/json", Op::Unsupported),
-    ("GET", "/images/{*}/history", Op::Unsupported),
+    ("GET", "/images/{*}/json", Op::ImageInspect),
+    ("GET", "/images/{*}/history", Op::ImageHistory),
     ("POST", "/images/{*}/push", Op::Unsupported),
-    ("POST", "/images/{*}/tag", Op::Unsupported),
+    ("POST", "/images/{*}/tag", Op::ImageTag),
     ("GET", "/images/{*}/get", Op::Unsupported),
-    ("DELETE", "/images/{*}", Op::Unsupported),
+    ("DELETE", "/images/{*}", Op::ImageDelete),
     ("POST", "/build", Op::Unsupported),
     ("POST", "/build/prune", Op::Unsupported),
     ("POST", "/build/cancel", Op::Unsupported),

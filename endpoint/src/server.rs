@@ -175,11 +175,22 @@ async fn dispatch(state: Arc<AppState>, req: Request<Incoming>) -> Result<Reply,
             ));
         }
     };
+    let query = crate::http::query_pairs(req.uri());
+    let param = route.params.first().map(String::as_str).unwrap_or_default();
+    let engine = &state.engine;
     match route.op {
         Op::Ping => Ok(api::system::ping(req.method() == hyper::Method::HEAD)),
         Op::Version => Ok(api::system::version(&state.engine)),
         Op::Info => api::system::info(&state.engine).await,
         Op::ContainerCreate => api::containers::create(&state.engine, req).await,
+        Op::ImageList => api::images::list(engine, &query).await,
+        Op::ImageInspect => api::images::inspect(engine, param).await,
+        Op::ImageHistory => api::images::history(engine, param).await,
+        Op::ImageTag => api::images::tag(engine, param, &query).await,
+        Op::ImageDelete => api::images::remove(engine, param, &query).await,
+        Op::ImagePrune => api::images::prune(engine, &query).await,
+        Op::ImageCreate => api::pull::create(engine, req).await,
+        Op::Auth => api::pull::auth(engine, req).await,
         Op::Unsupported => Err(Error::NotSupported(format!(
             "{} {} is not supported by vic yet",
             req.method(),

@@ -332,10 +332,79 @@ impl Storage for Simulator {
                 )));
             }
             txn.trash(path)?;
+            let tree = layer_tree(&txn.roots().resolve(path, false)?);
+            if fs::symlink_metadata(&tree).is_ok() {
+                let tree_ds = path.parent().join(tree_name(path));
+                txn.trash(&tree_ds)?;
+            }
             forget_disks_within(txn, path);
             Ok(())
         })
         .await
+    }
+
+    async fn write_layer(&self, disk: &DsPath, tar: Box<dyn Read + Send>) -> Result<u64> {
+        // Checks (and fault injection, and the task record) through the update path;
+        // the unpacking itself runs outside it, on a blocking thread.
+        let tree = self
+            .update("ImportLayer", None, |txn| {
+                if !txn.inv().disks.contains_key(disk) {
+                    return Err(Error::not_found("disk", disk.to_string()));
+                }
+                check_unlocked(txn.inv(), disk)?;
+                let tree = layer_tree(&txn.roots().resolve(disk, false)?);
+                if fs::symlink_metadata(&tree).is_ok() {
+                    return Err(Error::Conflict(format!("disk {disk} already has content")));
+                }
+                Ok(tree)
+            })
+            .await?;
+        let shown = disk.clone();
+        let job = tokio::task::spawn_blocking(move || -> Result<u64> {
+            let mut tar = tar;
+            fs::create_dir(&tree).map_err(|e| ds_io("fill", &shown, e))?;
+            let result = vic_layer::extract_layer(
+                &mut tar,
+                &tree,
+                &vic_layer::ExtractOptions::for_current_user(),
+            )
+            .and_then(|stats| {
+                // The stream checks its digests at its end, after the tar's last block.
+                io::copy(&mut tar, &mut io::sink())
+                    .map_err(|e| Error::InvalidArgument(format!("layer for {shown}: {e}")))?;
+                Ok(stats.bytes)
+            });
+            if result.is_err() {
+                let _ = crate::sim::remove_any(&tree);
+            }
+            result
+        });
+        job.await
+            .map_err(|e| Error::Internal(format!("layer unpacking failed: {e}")))?
+    }
+}
+
+/// The folder name of a disk's filesystem tree: `<stem>-fs` beside `<stem>.vmdk`.
+fn tree_name(disk: &DsPath) -> String {
+    let name = disk.file_name();
+    format!("{}-fs", name.strip_suffix(".vmdk").unwrap_or(name))
+}
+
+/// The host folder holding the filesystem of the disk whose descriptor is `host`.
+pub(crate) fn layer_tree(host: &std::path::Path) -> std::path::PathBuf {
+    let name = host
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".vmdk").unwrap_or(&name);
+    host.with_file_name(format!("{stem}-fs"))
+}
+
+impl Simulator {
+    /// The host folder that holds the filesystem of `disk` (a layer's unpacked tree),
+    /// for the guest runner that assembles root filesystems.
+    pub fn disk_tree(&self, disk: &DsPath) -> Result<std::path::PathBuf> {
+        Ok(layer_tree(&self.host_path(disk)?))
     }
 }
 

@@ -3,6 +3,8 @@
 //! waiting for conditions. Tests that need a server start it here and stop it by PID.
 
 pub mod conformance;
+pub mod fixtures;
+pub mod registry;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -150,17 +152,30 @@ impl Drop for Endpoint {
 /// Runs the real `docker` CLI against `host` with an empty client configuration.
 pub fn docker(host: &str, args: &[&str]) -> Output {
     let config = tempfile::tempdir().expect("docker config dir");
-    Command::new("docker")
+    docker_command(config.path())
         .arg("-H")
         .arg(host)
         .args(args)
-        .env("DOCKER_CONFIG", config.path())
+        .output()
+        .expect("run the docker CLI (is it installed?)")
+}
+
+/// How long one docker CLI call may take before the tests call it hung.
+pub const DOCKER_TIMEOUT_SECS: u32 = 300;
+
+/// A `docker` command (under `timeout`, so a hung call fails the test instead of
+/// stalling it) with the client configuration in `config` and no inherited context.
+pub fn docker_command(config: &Path) -> Command {
+    let mut c = Command::new("timeout");
+    c.arg("--kill-after=5")
+        .arg(DOCKER_TIMEOUT_SECS.to_string())
+        .arg("docker")
+        .env("DOCKER_CONFIG", config)
         .env_remove("DOCKER_HOST")
         .env_remove("DOCKER_CONTEXT")
         .env_remove("DOCKER_API_VERSION")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the docker CLI (is it installed?)")
+        .stdin(Stdio::null());
+    c
 }
 
 /// stdout of an [`Output`] as text.

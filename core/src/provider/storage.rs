@@ -81,4 +81,9 @@ pub trait Storage: Send + Sync + Debug {
     async fn disk_info(&self, path: &DsPath) -> Result<DiskInfo>;
     /// Deletes a disk (`DeleteVirtualDisk_Task`); fails while a child or a VM uses it.
     async fn delete_disk(&self, path: &DsPath) -> Result<()>;
+    /// Fills the filesystem of a new disk from an uncompressed layer tar stream and
+    /// returns the bytes unpacked. Entries that would leave the layer are refused. On
+    /// vSphere this runs in the VCH appliance (attach the disk, make a filesystem, mount,
+    /// unpack, detach); the simulator unpacks into a folder beside the descriptor.
+    async fn write_layer(&self, disk: &DsPath, tar: Box<dyn std::io::Read + Send>) -> Result<u64>;
 }

@@ -2,4 +2,7 @@
 //! renders the engine's answers as Docker's JSON.
 
 pub mod containers;
+pub mod filters;
+pub mod images;
+pub mod pull;
 pub mod system;

@@ -1,0 +1,357 @@
+//! Pulling images: the engine resolves a reference through a [`Registry`] (implemented
+//! by `vic-registry`), streams every missing layer from the registry through
+//! decompression and digest checks into a new layer disk, and records the image and its
+//! names only when every layer is in place. Progress is reported as [`PullEvent`]s that
+//! the endpoint renders as Docker's JSON progress stream.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::info;
+
+use crate::engine::Engine;
+use crate::image_ops::index_key;
+use crate::images::{ImageRecord, chain_id, hex_of};
+use crate::reference::Reference;
+use crate::{Error, Result};
+
+/// Credentials for a registry, as `docker login` gave them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryAuth {
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: String,
+}
+
+impl Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A layer of a remote image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteLayer {
+    /// Digest of the (compressed) blob.
+    pub digest: String,
+    /// Blob size in bytes.
+    pub size: u64,
+    /// Media type (tells the compression).
+    pub media_type: String,
+    /// The config's diff id for this layer.
+    pub diff_id: String,
+}
+
+/// A remote image resolved for one platform.
+#[derive(Clone, Debug)]
+pub struct RemoteImage {
+    /// The digest the reference names (a list's or index's digest, or the manifest's).
+    pub digest: String,
+    /// The config's digest: the image id.
+    pub config_digest: String,
+    /// The config exactly as served (verified against `config_digest`).
+    pub config_raw: Vec<u8>,
+    /// The layers, bottom first.
+    pub layers: Vec<RemoteLayer>,
+}
+
+/// What the engine needs from a registry client.
+#[async_trait]
+pub trait Registry: Send + Sync + Debug {
+    /// Resolves `reference` for `platform` (`linux/amd64` when `None`).
+    async fn resolve(
+        &self,
+        reference: &Reference,
+        platform: Option<&str>,
+        auth: Option<&RegistryAuth>,
+    ) -> Result<RemoteImage>;
+    /// Opens a layer as its uncompressed tar stream, to be read on a blocking thread. The
+    /// stream fails (at the latest at its end) when the blob or diff id do not match;
+    /// compressed bytes received are added to `received` as they arrive.
+    async fn open_layer(
+        &self,
+        reference: &Reference,
+        layer: &RemoteLayer,
+        auth: Option<&RegistryAuth>,
+        received: Arc<AtomicU64>,
+    ) -> Result<Box<dyn Read + Send>>;
+    /// Checks credentials against a registry (`docker login`).
+    async fn login(&self, registry: &str, auth: &RegistryAuth) -> Result<()>;
+}
+
+/// One progress message of a pull.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PullEvent {
+    /// The layer's short id, or the tag for the first line, or none.
+    pub id: Option<String>,
+    /// Docker's status text.
+    pub status: String,
+    /// Bytes done and total, for progress bars.
+    pub progress: Option<(u64, u64)>,
+}
+
+impl PullEvent {
+    fn status(id: Option<&str>, status: impl Into<String>) -> Self {
+        PullEvent {
+            id: id.map(str::to_string),
+            status: status.into(),
+            progress: None,
+        }
+    }
+}
+
+fn short(digest: &str) -> String {
+    hex_of(digest).chars().take(12).collect()
+}
+
+impl Engine {
+    /// Pulls `reference` for `platform`, reporting progress on `events`; returns the
+    /// image id. Nothing of a failed pull stays visible: layers are published whole,
+    /// and names are recorded after the last layer.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        platform: Option<&str>,
+        auth: Option<&RegistryAuth>,
+        events: &UnboundedSender<PullEvent>,
+    ) -> Result<String> {
+        let registry = self
+            .registry
+            .clone()
+            .ok_or_else(|| Error::NotSupported("this VCH has no registry access".into()))?;
+        let r = Reference::parse(reference)?;
+        let send = |e: PullEvent| {
+            let _ = events.send(e);
+        };
+        // dockerd answers refused pulls as "not found", so that clients do not prompt
+        // for credentials (the docker CLI does on 401); logins keep their 401.
+        let remote = registry
+            .resolve(&r, platform, auth)
+            .await
+            .map_err(|e| match e {
+                Error::Unauthorized(m) => Error::Missing(m),
+                e => e,
+            })?;
+        let shown_ref = r.tag.clone().or(r.digest.clone()).unwrap_or_default();
+        send(PullEvent::status(
+            Some(&shown_ref),
+            format!("Pulling from {}", r.familiar_name_path()),
+        ));
+        let config: crate::images::ImageConfig = serde_json::from_slice(&remote.config_raw)
+            .map_err(|e| Error::InvalidArgument(format!("malformed image config: {e}")))?;
+        if config.rootfs.diff_ids.len() != remote.layers.len() {
+            return Err(Error::InvalidArgument(format!(
+                "image {r} is malformed: {} layers in the manifest, {} diff ids in the config",
+                remote.layers.len(),
+                config.rootfs.diff_ids.len()
+            )));
+        }
+        // Chain ids and what is already here.
+        let mut chain = Vec::new();
+        let mut parent: Option<String> = None;
+        for l in &remote.layers {
+            let id = chain_id(parent.as_deref(), &l.diff_id);
+            parent = Some(id.clone());
+            chain.push(hex_of(&id).to_string());
+        }
+        let mut present = Vec::new();
+        for (l, id) in remote.layers.iter().zip(&chain) {
+            let have = self.images.layer(id).await?.is_some();
+            present.push(have);
+            send(PullEvent::status(
+                Some(&short(&l.digest)),
+                if have {
+                    "Already exists"
+                } else {
+                    "Pulling fs layer"
+                },
+            ));
+        }
+        let mut size = 0;
+        for (i, (l, id)) in remote.layers.iter().zip(&chain).enumerate() {
+            if present[i] {
+                size += self.images.layer(id).await?.map(|x| x.size).unwrap_or(0);
+                continue;
+            }
+            let sid = short(&l.digest);
+            let received = Arc::new(AtomicU64::new(0));
+            let content = registry.open_layer(&r, l, auth, received.clone()).await?;
+            // Report download progress while the layer streams into its disk.
+            let ticker = {
+                let received = received.clone();
+                let events = events.clone();
+                let sid = sid.clone();
+                let total = l.size;
+                tokio::spawn(async move {
+                    let mut last = u64::MAX;
+                    loop {
+                        let now = received.load(Ordering::Relaxed);
+                        if now != last {
+                            last = now;
+                            let _ = events.send(PullEvent {
+                                id: Some(sid.clone()),
+                                status: "Downloading".into(),
+                                progress: Some((now, total)),
+                            });
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                })
+            };
+            let parent = if i == 0 {
+                None
+            } else {
+                Some(chain[i - 1].as_str())
+            };
+            let added = self.images.add_layer(id, parent, &l.diff_id, content).await;
+            ticker.abort();
+            let rec = match added {
+                Ok(rec) => rec,
+                // Another pull published the same layer meanwhile.
+                Err(e) => match self.images.layer(id).await? {
+                    Some(rec) => rec,
+                    None => return Err(e),
+                },
+            };
+            size += rec.size;
+            for s in ["Verifying Checksum", "Download complete"] {
+                send(PullEvent::status(Some(&sid), s));
+            }
+            send(PullEvent {
+                id: Some(sid.clone()),
+                status: "Extracting".into(),
+                progress: Some((l.size, l.size)),
+            });
+            send(PullEvent::status(Some(&sid), "Pull complete"));
+        }
+        let id = remote.config_digest.clone();
+        let existed = self.images.image(&id).await?;
+        let mut manifest_digests = existed
+            .as_ref()
+            .map(|e| e.manifest_digests.clone())
+            .unwrap_or_default();
+        manifest_digests.insert(r.full_name(), remote.digest.clone());
+        let config_raw = String::from_utf8(remote.config_raw.clone())
+            .map_err(|_| Error::InvalidArgument("image config is not UTF-8".into()))?;
+        self.images
+            .put_image(&ImageRecord {
+                id: id.clone(),
+                config: config_raw,
+                layers: chain,
+                manifest_digests,
+                size,
+            })
+            .await?;
+        let key = index_key(&r);
+        let previous = self
+            .images
+            .update_repositories(|m| Ok(m.insert(key.clone(), id.clone())))
+            .await?;
+        send(PullEvent::status(
+            None,
+            format!("Digest: {}", remote.digest),
+        ));
+        let status = if previous.as_deref() == Some(id.as_str()) && existed.is_some() {
+            format!("Status: Image is up to date for {r}")
+        } else {
+            format!("Status: Downloaded newer image for {r}")
+        };
+        send(PullEvent::status(None, status));
+        info!(reference = %r, image = %id, "pulled");
+        Ok(id)
+    }
+
+    /// Checks credentials against a registry and keeps them on the VCH's datastore
+    /// (`kvStores/registry-auth.json`) for later pulls that bring none.
+    pub async fn login_and_store(&self, server: &str, auth: &RegistryAuth) -> Result<()> {
+        let client = self
+            .registry
+            .clone()
+            .ok_or_else(|| Error::NotSupported("this VCH has no registry access".into()))?;
+        let registry = normalize_server(server);
+        client.login(&registry, auth).await?;
+        let path = self.vch.store.join("kvStores/registry-auth.json");
+        let _guard = self.auth_lock.lock().await;
+        let mut all = self.read_auth_file().await?;
+        all.insert(
+            registry.clone(),
+            StoredAuth {
+                username: auth.username.clone(),
+                password: auth.password.clone(),
+            },
+        );
+        self.backend
+            .storage
+            .write_file(&path, &serde_json::to_vec(&all)?)
+            .await?;
+        info!(%registry, user = %auth.username, "registry credentials stored");
+        Ok(())
+    }
+
+    async fn read_auth_file(&self) -> Result<BTreeMap<String, StoredAuth>> {
+        let path = self.vch.store.join("kvStores/registry-auth.json");
+        if !self.backend.storage.exists(&path).await? {
+            return Ok(BTreeMap::new());
+        }
+        Ok(serde_json::from_slice(
+            &self.backend.storage.read_file(&path).await?,
+        )?)
+    }
+
+    /// The credentials stored for the registry of `reference`, if any.
+    pub async fn stored_auth(&self, reference: &str) -> Result<Option<RegistryAuth>> {
+        let r = Reference::parse(reference)?;
+        Ok(self
+            .read_auth_file()
+            .await?
+            .remove(&r.registry)
+            .map(|s| RegistryAuth {
+                username: s.username,
+                password: s.password,
+            }))
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredAuth {
+    username: String,
+    password: String,
+}
+
+/// A registry as `docker login` names it (`https://index.docker.io/v1/`, `host:port`)
+/// reduced to the host and port that references use.
+pub fn normalize_server(server: &str) -> String {
+    let s = server
+        .trim()
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    let host = s.split('/').next().unwrap_or(s);
+    match host {
+        "" | "index.docker.io" | "registry-1.docker.io" | "docker.io" => "docker.io".into(),
+        h => h.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_names() {
+        assert_eq!(normalize_server("https://index.docker.io/v1/"), "docker.io");
+        assert_eq!(normalize_server("127.0.0.1:5000"), "127.0.0.1:5000");
+        assert_eq!(
+            normalize_server("http://127.0.0.1:5000/v2/"),
+            "127.0.0.1:5000"
+        );
+    }
+}
