@@ -217,13 +217,7 @@ impl Engine {
         if let Some(key) = &by_name {
             let tags = names.iter().filter(|k| !k.contains('@')).count();
             if tags > 1 || key.contains('@') && tags > 0 {
-                self.images
-                    .update_repositories(|m| {
-                        m.remove(key);
-                        Ok(())
-                    })
-                    .await?;
-                return Ok(vec![RemovedImage::Untagged(familiar(key))]);
+                return self.untag(&id, key).await;
             }
         } else if !force && names.iter().filter(|k| !k.contains('@')).count() > 1 {
             return Err(Error::Conflict(format!(
@@ -268,6 +262,51 @@ impl Engine {
         out.push(RemovedImage::Deleted(id.clone()));
         if prune && let Some(record) = record {
             out.extend(self.prune_layers(&record.layers).await?);
+        }
+        Ok(out)
+    }
+
+    /// Removes the name `key` of image `id`; when it was the last tag of its repository,
+    /// the repository's digest names of the image go too, as dockerd does.
+    async fn untag(&self, id: &str, key: &str) -> Result<Vec<RemovedImage>> {
+        let repo = key
+            .split_once('@')
+            .map(|(r, _)| r)
+            .or_else(|| key.rsplit_once(':').map(|(r, _)| r))
+            .unwrap_or(key)
+            .to_string();
+        let mut out = vec![RemovedImage::Untagged(familiar(key))];
+        let last_of_repo = self
+            .images
+            .update_repositories(|m| {
+                m.remove(key);
+                let tag_left = m.iter().any(|(k, v)| {
+                    v == id && !k.contains('@') && k.rsplit_once(':').map(|(r, _)| r) == Some(&repo)
+                });
+                if !tag_left {
+                    m.retain(|k, v| {
+                        let gone = v == id && k.split_once('@').map(|(r, _)| r) == Some(&repo);
+                        if gone {
+                            out.push(RemovedImage::Untagged(familiar(k)));
+                        }
+                        !gone
+                    });
+                }
+                Ok(!tag_left)
+            })
+            .await?;
+        if last_of_repo
+            && let Some(mut record) = self.images.image(id).await?
+            && let Some(digest) = record.manifest_digests.remove(&repo)
+        {
+            let shown = Reference::parse(&repo)
+                .map(|r| r.familiar_name())
+                .unwrap_or_else(|_| repo.clone());
+            let name = RemovedImage::Untagged(format!("{shown}@{digest}"));
+            if !out.contains(&name) {
+                out.push(name);
+            }
+            self.images.put_image(&record).await?;
         }
         Ok(out)
     }

@@ -8,6 +8,7 @@
 //! survive a restart lives on the backend (VM extraConfig, datastore files).
 #![warn(missing_docs)]
 
+pub mod archive;
 pub mod digest;
 pub mod dspath;
 pub mod engine;

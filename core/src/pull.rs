@@ -84,6 +84,22 @@ pub trait Registry: Send + Sync + Debug {
         auth: Option<&RegistryAuth>,
         received: Arc<AtomicU64>,
     ) -> Result<Box<dyn Read + Send>>;
+    /// Downloads a layer's blob into the file `to`, verified against its digest, adding
+    /// bytes received to `received`.
+    async fn download_layer(
+        &self,
+        reference: &Reference,
+        layer: &RemoteLayer,
+        auth: Option<&RegistryAuth>,
+        received: Arc<AtomicU64>,
+        to: &std::path::Path,
+    ) -> Result<()>;
+    /// A downloaded blob as its uncompressed tar stream (diff id checked at its end).
+    fn open_downloaded(
+        &self,
+        layer: &RemoteLayer,
+        blob: std::fs::File,
+    ) -> Result<Box<dyn Read + Send>>;
     /// Checks credentials against a registry (`docker login`).
     async fn login(&self, registry: &str, auth: &RegistryAuth) -> Result<()>;
 }
@@ -107,6 +123,36 @@ impl PullEvent {
             progress: None,
         }
     }
+}
+
+/// How many layers download at once, besides the one being unpacked (dockerd's default).
+pub const MAX_PARALLEL_DOWNLOADS: usize = 3;
+
+/// Reports `Downloading` progress of one layer from its byte counter until aborted.
+fn progress_ticker(
+    events: UnboundedSender<PullEvent>,
+    sid: String,
+    total: u64,
+    received: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = 0;
+        loop {
+            let now = received.load(Ordering::Relaxed);
+            if now != last {
+                last = now;
+                let _ = events.send(PullEvent {
+                    id: Some(sid.clone()),
+                    status: "Downloading".into(),
+                    progress: Some((now, total)),
+                });
+                if now >= total {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
 }
 
 fn short(digest: &str) -> String {
@@ -176,55 +222,165 @@ impl Engine {
                 },
             ));
         }
+        let mut added = Vec::new();
+        let fetched = self
+            .fetch_layers(
+                &registry, &r, &remote, &chain, &present, auth, events, &mut added,
+            )
+            .await;
+        let size = match fetched {
+            Ok(size) => size,
+            Err(e) => {
+                self.discard_layers(&added).await;
+                return Err(e);
+            }
+        };
+        self.record_pulled(&r, &remote, chain, size, events).await
+    }
+
+    /// Nothing of a failed pull or load is kept: drops the layers it `added` that no
+    /// image uses, top first.
+    pub(crate) async fn discard_layers(&self, added: &[String]) {
+        let used: std::collections::BTreeSet<String> = self
+            .images
+            .images()
+            .await
+            .map(|v| v.into_iter().flat_map(|i| i.layers).collect())
+            .unwrap_or_default();
+        for l in added.iter().rev() {
+            if !used.contains(l)
+                && let Err(err) = self.images.delete_layer(l).await
+            {
+                tracing::warn!(layer = %l, error = %err, "cannot remove a layer of a failed pull or load");
+            }
+        }
+    }
+
+    /// Streams the missing layers into the store, in order; returns the image's size.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_layers(
+        &self,
+        registry: &Arc<dyn Registry>,
+        r: &Reference,
+        remote: &RemoteImage,
+        chain: &[String],
+        present: &[bool],
+        auth: Option<&RegistryAuth>,
+        events: &UnboundedSender<PullEvent>,
+        added: &mut Vec<String>,
+    ) -> Result<u64> {
+        let send = |e: PullEvent| {
+            let _ = events.send(e);
+        };
+        let missing: Vec<usize> = (0..remote.layers.len()).filter(|i| !present[*i]).collect();
+        // The first missing layer streams straight into its disk; the others download
+        // meanwhile (at most MAX_PARALLEL_DOWNLOADS at a time, as dockerd) into spool
+        // files, verified as they arrive, and are unpacked in order once their turn comes.
+        let spool = tempfile::Builder::new()
+            .prefix("vic-pull-")
+            .tempdir()
+            .map_err(|e| Error::io("make a spool folder for the pull", e))?;
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_PARALLEL_DOWNLOADS));
+        let mut downloads = std::collections::BTreeMap::new();
+        let mut tickers = Vec::new();
+        let counters: Vec<Arc<AtomicU64>> = remote
+            .layers
+            .iter()
+            .map(|_| Arc::new(AtomicU64::new(0)))
+            .collect();
+        for &i in &missing {
+            let l = &remote.layers[i];
+            tickers.push(progress_ticker(
+                events.clone(),
+                short(&l.digest),
+                l.size,
+                counters[i].clone(),
+            ));
+            if Some(&i) == missing.first() {
+                continue;
+            }
+            let (registry, r, l, auth) = (registry.clone(), r.clone(), l.clone(), auth.cloned());
+            let (slots, received) = (slots.clone(), counters[i].clone());
+            let path = spool.path().join(format!("layer-{i}"));
+            let events = events.clone();
+            downloads.insert(
+                i,
+                tokio::spawn(async move {
+                    let _slot = slots
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| Error::Internal("download slots closed".into()))?;
+                    registry
+                        .download_layer(&r, &l, auth.as_ref(), received, &path)
+                        .await?;
+                    for s in ["Verifying Checksum", "Download complete"] {
+                        let _ = events.send(PullEvent::status(Some(&short(&l.digest)), s));
+                    }
+                    Ok::<_, Error>(path)
+                }),
+            );
+        }
+        let stop_all = |downloads: &std::collections::BTreeMap<
+            usize,
+            tokio::task::JoinHandle<Result<std::path::PathBuf>>,
+        >,
+                        tickers: &[tokio::task::JoinHandle<()>]| {
+            for d in downloads.values() {
+                d.abort();
+            }
+            for t in tickers {
+                t.abort();
+            }
+        };
         let mut size = 0;
-        for (i, (l, id)) in remote.layers.iter().zip(&chain).enumerate() {
+        for (i, (l, id)) in remote.layers.iter().zip(chain).enumerate() {
             if present[i] {
                 size += self.images.layer(id).await?.map(|x| x.size).unwrap_or(0);
                 continue;
             }
             let sid = short(&l.digest);
-            let received = Arc::new(AtomicU64::new(0));
-            let content = registry.open_layer(&r, l, auth, received.clone()).await?;
-            // Report download progress while the layer streams into its disk.
-            let ticker = {
-                let received = received.clone();
-                let events = events.clone();
-                let sid = sid.clone();
-                let total = l.size;
-                tokio::spawn(async move {
-                    let mut last = u64::MAX;
-                    loop {
-                        let now = received.load(Ordering::Relaxed);
-                        if now != last {
-                            last = now;
-                            let _ = events.send(PullEvent {
-                                id: Some(sid.clone()),
-                                status: "Downloading".into(),
-                                progress: Some((now, total)),
-                            });
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                })
+            let content = match downloads.remove(&i) {
+                None => registry.open_layer(r, l, auth, counters[i].clone()).await,
+                Some(job) => match job.await {
+                    Ok(Ok(path)) => std::fs::File::open(&path)
+                        .map_err(|e| Error::io("open a downloaded layer", e))
+                        .and_then(|f| registry.open_downloaded(l, f)),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(Error::Internal(format!("layer download failed: {e}"))),
+                },
+            };
+            let content = match content {
+                Ok(c) => c,
+                Err(e) => {
+                    stop_all(&downloads, &tickers);
+                    return Err(e);
+                }
             };
             let parent = if i == 0 {
                 None
             } else {
                 Some(chain[i - 1].as_str())
             };
-            let added = self.images.add_layer(id, parent, &l.diff_id, content).await;
-            ticker.abort();
-            let rec = match added {
-                Ok(rec) => rec,
+            let result = self.images.add_layer(id, parent, &l.diff_id, content).await;
+            let rec = match result {
+                Ok(rec) => {
+                    added.push(id.clone());
+                    rec
+                }
                 // Another pull published the same layer meanwhile.
-                Err(e) => match self.images.layer(id).await? {
-                    Some(rec) => rec,
-                    None => return Err(e),
+                Err(e) => match self.images.layer(id).await {
+                    Ok(Some(rec)) => rec,
+                    _ => {
+                        stop_all(&downloads, &tickers);
+                        return Err(e);
+                    }
                 },
             };
             size += rec.size;
-            for s in ["Verifying Checksum", "Download complete"] {
-                send(PullEvent::status(Some(&sid), s));
+            if Some(&i) == missing.first() {
+                for s in ["Verifying Checksum", "Download complete"] {
+                    send(PullEvent::status(Some(&sid), s));
+                }
             }
             send(PullEvent {
                 id: Some(sid.clone()),
@@ -233,6 +389,22 @@ impl Engine {
             });
             send(PullEvent::status(Some(&sid), "Pull complete"));
         }
+        stop_all(&downloads, &tickers);
+        Ok(size)
+    }
+
+    /// Records a pulled image and its names, and reports the end of the pull.
+    async fn record_pulled(
+        &self,
+        r: &Reference,
+        remote: &RemoteImage,
+        chain: Vec<String>,
+        size: u64,
+        events: &UnboundedSender<PullEvent>,
+    ) -> Result<String> {
+        let send = |e: PullEvent| {
+            let _ = events.send(e);
+        };
         let id = remote.config_digest.clone();
         let existed = self.images.image(&id).await?;
         let mut manifest_digests = existed
@@ -251,7 +423,7 @@ impl Engine {
                 size,
             })
             .await?;
-        let key = index_key(&r);
+        let key = index_key(r);
         let previous = self
             .images
             .update_repositories(|m| Ok(m.insert(key.clone(), id.clone())))

@@ -111,6 +111,56 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
+/// A request body as a blocking [`std::io::Read`], for a blocking thread: a task copies
+/// the body's frames into a bounded channel.
+pub fn body_reader(body: Incoming) -> Box<dyn std::io::Read + Send> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(16);
+    tokio::spawn(async move {
+        let mut body = body;
+        loop {
+            match body.frame().await {
+                None => break,
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data()
+                        && tx.send(Ok(data)).await.is_err()
+                    {
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    let _ = tx.send(Err(std::io::Error::other(e))).await;
+                    break;
+                }
+            }
+        }
+    });
+    Box::new(ChannelReader {
+        rx,
+        current: Bytes::new(),
+    })
+}
+
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        bytes::Buf::advance(&mut self.current, n);
+        Ok(n)
+    }
+}
+
 /// The query parameters of a request, percent-decoded, in order.
 pub fn query_pairs(uri: &hyper::Uri) -> Vec<(String, String)> {
     uri.query()

@@ -33,6 +33,12 @@ pub enum Op {
     ImageCreate,
     /// `POST /auth`.
     Auth,
+    /// `GET /images/{name}/get`.
+    ImageSave,
+    /// `GET /images/get`.
+    ImagesSave,
+    /// `POST /images/load`.
+    ImageLoad,
     /// A Docker API route that vic does not serve.
     Unsupported,
 }
@@ -144,13 +150,13 @@ const ROUTES: &[(&str, &str, Op)] = &[
     ("POST", "/images/create", Op::ImageCreate),
     ("GET", "/images/search", Op::Unsupported),
     ("POST", "/images/prune", Op::ImagePrune),
-    ("GET", "/images/get", Op::Unsupported),
-    ("POST", "/images/load", Op::Unsupported),
+    ("GET", "/images/get", Op::ImagesSave),
+    ("POST", "/images/load", Op::ImageLoad),
     ("GET", "/images/{*}/json", Op::ImageInspect),
     ("GET", "/images/{*}/history", Op::ImageHistory),
     ("POST", "/images/{*}/push", Op::Unsupported),
     ("POST", "/images/{*}/tag", Op::ImageTag),
-    ("GET", "/images/{*}/get", Op::Unsupported),
+    ("GET", "/images/{*}/get", Op::ImageSave),
     ("DELETE", "/images/{*}", Op::ImageDelete),
     ("POST", "/build", Op::Unsupported),
     ("POST", "/build/prune", Op::Unsupported),

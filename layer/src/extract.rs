@@ -1,6 +1,7 @@
 //! The extractor: one pass over the tar entries, then the metadata of directories.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CString, OsStr};
 use std::fs::{File, Permissions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -8,11 +9,13 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use vic_core::Error;
 
 use crate::path::{NameKind, classify, display, normalize};
 use crate::sparse::{self, Chunks, Layout, MapError, SparseRecords};
+use crate::split::{Recorder, TarSplit, Tee};
 use crate::sys;
 
 /// How [`extract_layer`] treats what only root may do. The default does neither.
@@ -81,32 +84,40 @@ pub fn extract_layer(
     dest: &Path,
     opts: &ExtractOptions,
 ) -> Result<ExtractStats, Error> {
-    let root = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY)
-        .open(dest)
-        .map_err(|e| Error::io(format!("open layer directory {}", dest.display()), e))?;
-    let mut x = Extractor {
-        dest,
-        root,
-        opts: *opts,
-        is_root: sys::euid() == 0,
-        stats: ExtractStats::default(),
-        dirs: BTreeMap::new(),
-        cached: None,
-        buf: vec![0; 128 * 1024],
-    };
-    let mut archive = tar::Archive::new(tar);
-    for entry in archive.entries().map_err(read_error)? {
-        let mut entry = entry.map_err(read_error)?;
-        x.entry(&mut entry)?;
-    }
+    let mut x = Extractor::new(dest, opts, None)?;
+    x.entries(&mut tar::Archive::new(tar))?;
     x.finish_dirs()?;
     Ok(x.stats)
 }
 
+/// [`extract_layer`], and the skeleton of the tar stream, which gives the stream back
+/// byte for byte with [`crate::reassemble`] as long as `dest` is left as it is (see
+/// [`crate::split`]). Unlike [`extract_layer`], it reads `tar` to its end, past the
+/// end-of-archive blocks, and records what follows them too.
+pub fn extract_layer_split(
+    tar: impl Read,
+    dest: &Path,
+    opts: &ExtractOptions,
+) -> Result<(ExtractStats, TarSplit), Error> {
+    let recorder = Rc::new(RefCell::new(Recorder::new()));
+    let mut x = Extractor::new(dest, opts, Some(recorder.clone()))?;
+    let mut archive = tar::Archive::new(Tee::new(tar, recorder.clone()));
+    x.entries(&mut archive)?;
+    // Whatever follows the last entry belongs to the stream (and a stream that checks
+    // its digest does so at its end).
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(read_error)?;
+    x.keep_unreachable()?;
+    x.finish_dirs()?;
+    let split = recorder.borrow_mut().finish().map_err(split_error)?;
+    Ok((x.stats, split))
+}
+
 fn read_error(e: io::Error) -> Error {
     Error::io("read layer archive", e)
+}
+
+fn split_error(e: io::Error) -> Error {
+    Error::Internal(format!("record the layer split: {e}"))
 }
 
 fn invalid(message: String) -> Error {
@@ -172,9 +183,45 @@ struct Extractor<'a> {
     /// The last parent directory opened, by its components.
     cached: Option<(Vec<Vec<u8>>, OwnedFd)>,
     buf: Vec<u8>,
+    /// The skeleton being recorded, for [`extract_layer_split`].
+    split: Option<Rc<RefCell<Recorder>>>,
+    /// The content of the current file is noted in the skeleton as a reference.
+    track: bool,
 }
 
-impl Extractor<'_> {
+impl<'a> Extractor<'a> {
+    fn new(
+        dest: &'a Path,
+        opts: &ExtractOptions,
+        split: Option<Rc<RefCell<Recorder>>>,
+    ) -> Result<Self, Error> {
+        let root = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(dest)
+            .map_err(|e| Error::io(format!("open layer directory {}", dest.display()), e))?;
+        Ok(Extractor {
+            dest,
+            root,
+            opts: *opts,
+            is_root: sys::euid() == 0,
+            stats: ExtractStats::default(),
+            dirs: BTreeMap::new(),
+            cached: None,
+            buf: vec![0; 128 * 1024],
+            split,
+            track: false,
+        })
+    }
+
+    fn entries<R: Read>(&mut self, archive: &mut tar::Archive<R>) -> Result<(), Error> {
+        for entry in archive.entries().map_err(read_error)? {
+            let mut entry = entry.map_err(read_error)?;
+            self.entry(&mut entry)?;
+        }
+        Ok(())
+    }
+
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), Error> {
         let flag = entry.header().as_old().linkflag[0];
         if flag == b'g' {
@@ -371,9 +418,12 @@ impl Extractor<'_> {
         let mut file = sys::create_file(parent.as_fd(), &name)
             .map_err(|e| Error::io(format!("create {:?}", display(raw)), e))?;
         let write_error = |e| Error::io(format!("write {:?}", display(raw)), e);
+        // The skeleton refers to the file rather than keep its content, unless this
+        // user could not read it back.
+        self.track = self.split.is_some() && (self.is_root || meta.mode & 0o400 != 0);
         let length = match content {
             Content::Plain => {
-                let (copied, hole_at_end) = self.copy(entry, &mut file, stored, raw)?;
+                let (copied, hole_at_end) = self.copy(entry, &mut file, 0, stored, raw)?;
                 if hole_at_end {
                     file.set_len(copied).map_err(write_error)?;
                 }
@@ -382,25 +432,34 @@ impl Extractor<'_> {
             Content::Sparse { chunks, real_size } => {
                 for (offset, length) in chunks {
                     file.seek(SeekFrom::Start(offset)).map_err(write_error)?;
-                    self.copy(entry, &mut file, length, raw)?;
+                    self.copy(entry, &mut file, offset, length, raw)?;
                 }
                 file.set_len(real_size).map_err(write_error)?;
                 real_size
             }
         };
+        self.track = false;
+        if let Some(split) = &self.split {
+            split
+                .borrow_mut()
+                .end_file(comps, length)
+                .map_err(split_error)?;
+        }
         self.apply_fd_meta(&file, meta, raw)?;
         self.stats.files += 1;
         self.stats.bytes += length;
         Ok(())
     }
 
-    /// Copies exactly `length` bytes of `data` to `file`, seeking over blocks of zeros
-    /// rather than writing them. Returns the bytes copied and whether the last of them
-    /// was a seek (which leaves the file short until its length is set).
+    /// Copies exactly `length` bytes of `data` to `file` (where it is at `offset`),
+    /// seeking over blocks of zeros rather than writing them. Returns the bytes copied
+    /// and whether the last of them was a seek (which leaves the file short until its
+    /// length is set).
     fn copy(
         &mut self,
         data: &mut impl Read,
         file: &mut File,
+        offset: u64,
         length: u64,
         raw: &[u8],
     ) -> Result<(u64, bool), Error> {
@@ -411,7 +470,10 @@ impl Extractor<'_> {
             let want = usize::try_from(length - copied)
                 .unwrap_or(usize::MAX)
                 .min(self.buf.len());
-            let n = match data.read(&mut self.buf[..want]) {
+            self.content_at(Some(offset + copied));
+            let read = data.read(&mut self.buf[..want]);
+            self.content_at(None);
+            let n = match read {
                 Ok(0) => {
                     return Err(read_error(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -434,6 +496,53 @@ impl Extractor<'_> {
             copied += n as u64;
         }
         Ok((copied, hole_at_end))
+    }
+
+    /// Tells the skeleton where in the current file the bytes read next go (`None`:
+    /// they are no content of it), when it notes the file as a reference.
+    fn content_at(&self, at: Option<u64>) {
+        if let (true, Some(split)) = (self.track, &self.split) {
+            split.borrow_mut().content_at(at);
+        }
+    }
+
+    /// Keeps in the skeleton the content of files at or below `comps`, which are about
+    /// to be replaced or removed.
+    fn release(&self, comps: &[Vec<u8>], raw: &[u8]) -> Result<(), Error> {
+        let Some(split) = &self.split else {
+            return Ok(());
+        };
+        split
+            .borrow_mut()
+            .release(self.root.as_fd(), comps)
+            .map_err(|e| {
+                Error::io(
+                    format!("keep the content replaced by {:?}", display(raw)),
+                    e,
+                )
+            })
+    }
+
+    /// Keeps in the skeleton the content of files that a non-root user could not read
+    /// back once the directories above them get their modes: those whose entry leaves
+    /// the owner no search permission.
+    fn keep_unreachable(&self) -> Result<(), Error> {
+        let Some(split) = &self.split else {
+            return Ok(());
+        };
+        if self.is_root {
+            return Ok(());
+        }
+        let blocked: BTreeSet<Vec<u8>> = self
+            .dirs
+            .iter()
+            .filter(|(_, meta)| meta.mode & 0o100 == 0)
+            .map(|(comps, _)| comps.join(&b'/'))
+            .collect();
+        split
+            .borrow_mut()
+            .release_below(self.root.as_fd(), &blocked)
+            .map_err(|e| Error::io("keep the content of unreadable directories", e))
     }
 
     fn dir(&mut self, comps: &[Vec<u8>], raw: &[u8], meta: Meta) -> Result<(), Error> {
@@ -609,6 +718,7 @@ impl Extractor<'_> {
             // A directory entry over a directory keeps it and only changes metadata.
             Some(st) if sys::file_type(&st) == libc::S_IFDIR && entry_is_dir => {}
             Some(st) if sys::file_type(&st) == libc::S_IFDIR => {
+                self.release(comps, raw)?;
                 // Its parents were just checked to be real directories, and
                 // remove_dir_all follows no symlink below them.
                 std::fs::remove_dir_all(self.host_path(comps))
@@ -618,8 +728,11 @@ impl Extractor<'_> {
                     self.cached = None;
                 }
             }
-            Some(_) => sys::unlinkat(parent.as_fd(), &name)
-                .map_err(|e| Error::io(format!("replace {:?}", display(raw)), e))?,
+            Some(_) => {
+                self.release(comps, raw)?;
+                sys::unlinkat(parent.as_fd(), &name)
+                    .map_err(|e| Error::io(format!("replace {:?}", display(raw)), e))?
+            }
         }
         Ok((parent, name))
     }

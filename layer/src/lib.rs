@@ -27,6 +27,11 @@
 //! - File content is streamed to disk; runs of zeros, and the holes of GNU and PAX
 //!   sparse files, become holes.
 //!
+//! [`extract_layer_split`] also records the skeleton of the tar stream (its bytes
+//! without the content of regular files, which it refers to in the tree), so that
+//! [`reassemble`] gives the layer tar back byte for byte for `docker save`: see
+//! [`split`].
+//!
 //! The functions block: async callers run them on a blocking thread. Linux only.
 #![warn(missing_docs)]
 
@@ -34,7 +39,11 @@ mod extract;
 mod path;
 mod size;
 mod sparse;
+pub mod split;
 mod sys;
+#[cfg(test)]
+mod testutil;
 
-pub use extract::{ExtractOptions, ExtractStats, extract_layer};
+pub use extract::{ExtractOptions, ExtractStats, extract_layer, extract_layer_split};
 pub use size::directory_size;
+pub use split::{Reassembler, TarSplit, reassemble};

@@ -94,6 +94,49 @@ impl Registry for RegistryClient {
         )))
     }
 
+    async fn download_layer(
+        &self,
+        reference: &Reference,
+        layer: &RemoteLayer,
+        auth: Option<&RegistryAuth>,
+        received: Arc<AtomicU64>,
+        to: &std::path::Path,
+    ) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let digest = Digest::parse(&layer.digest)?;
+        let mut blob = self
+            .blob(reference, &digest, Some(layer.size), creds(auth).as_ref())
+            .await?;
+        let mut f = tokio::fs::File::create(to)
+            .await
+            .map_err(|e| Error::io("create a layer spool file", e))?;
+        // Each chunk is checked as it comes; the last call fails on a digest mismatch.
+        while let Some(chunk) = blob.next_chunk().await? {
+            f.write_all(&chunk)
+                .await
+                .map_err(|e| Error::io("write a layer spool file", e))?;
+            received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        f.flush()
+            .await
+            .map_err(|e| Error::io("write a layer spool file", e))?;
+        Ok(())
+    }
+
+    fn open_downloaded(
+        &self,
+        layer: &RemoteLayer,
+        blob: std::fs::File,
+    ) -> Result<Box<dyn Read + Send>> {
+        let diff_id = Digest::parse(&layer.diff_id)?;
+        let compression = Compression::from_media_type(&layer.media_type)?;
+        Ok(Box::new(LayerReader::new(
+            io::BufReader::with_capacity(256 * 1024, blob),
+            compression,
+            Some(diff_id),
+        )))
+    }
+
     async fn login(&self, registry: &str, auth: &RegistryAuth) -> Result<()> {
         RegistryClient::login(
             self,

@@ -37,17 +37,17 @@ async fn read_layer(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulls_busybox_by_tag_and_by_digest() {
     let tmp = tempfile::tempdir().unwrap();
-    let reg = Registry::start(&tmp.path().join("reg"), &[]);
+    let reg = TestRegistry::start(&tmp.path().join("reg"), None);
     let pushed = push_busybox(
-        &reg.addr,
+        reg.addr(),
         "library/busybox:latest",
         None,
         &tmp.path().join("files"),
     );
     let files = &pushed.files;
-    let c = client(&[&reg.addr]);
+    let c = client(&[reg.addr()]);
 
-    let by_tag = reference(&reg.addr, "library/busybox:latest");
+    let by_tag = reference(reg.addr(), "library/busybox:latest");
     let img = c
         .pull_manifest(&by_tag, None, None)
         .await
@@ -104,7 +104,7 @@ async fn pulls_busybox_by_tag_and_by_digest() {
     assert_eq!(raw, std::fs::read(files.join("layer.tar.gz")).unwrap());
 
     // By digest: the same image, the body checked against the digest asked for.
-    let by_digest = reference(&reg.addr, &format!("library/busybox@{}", pushed.digest));
+    let by_digest = reference(reg.addr(), &format!("library/busybox@{}", pushed.digest));
     let img2 = c
         .pull_manifest(&by_digest, None, None)
         .await
@@ -133,17 +133,17 @@ async fn pulls_busybox_by_tag_and_by_digest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_things_are_not_found_and_plain_http_needs_consent() {
     let tmp = tempfile::tempdir().unwrap();
-    let reg = Registry::start(&tmp.path().join("reg"), &[]);
+    let reg = TestRegistry::start(&tmp.path().join("reg"), None);
     push_busybox(
-        &reg.addr,
+        reg.addr(),
         "library/busybox:latest",
         None,
         &tmp.path().join("files"),
     );
-    let c = client(&[&reg.addr]);
+    let c = client(&[reg.addr()]);
 
     let e = c
-        .pull_manifest(&reference(&reg.addr, "library/busybox:nope"), None, None)
+        .pull_manifest(&reference(reg.addr(), "library/busybox:nope"), None, None)
         .await
         .unwrap_err();
     assert!(
@@ -160,7 +160,7 @@ async fn missing_things_are_not_found_and_plain_http_needs_consent() {
 
     // docker-registry 2.8 says MANIFEST_UNKNOWN for unknown repositories too.
     let e = c
-        .pull_manifest(&reference(&reg.addr, "nothing/here:latest"), None, None)
+        .pull_manifest(&reference(reg.addr(), "nothing/here:latest"), None, None)
         .await
         .unwrap_err();
     assert!(
@@ -177,7 +177,7 @@ async fn missing_things_are_not_found_and_plain_http_needs_consent() {
     let absent = Digest::of(b"absent");
     let e = c
         .pull_manifest(
-            &reference(&reg.addr, &format!("library/busybox@{absent}")),
+            &reference(reg.addr(), &format!("library/busybox@{absent}")),
             None,
             None,
         )
@@ -196,7 +196,7 @@ async fn missing_things_are_not_found_and_plain_http_needs_consent() {
 
     let e = c
         .blob(
-            &reference(&reg.addr, "library/busybox:latest"),
+            &reference(reg.addr(), "library/busybox:latest"),
             &absent,
             None,
             None,
@@ -208,20 +208,20 @@ async fn missing_things_are_not_found_and_plain_http_needs_consent() {
     // Loopback is not implicitly insecure: without consent, HTTPS only.
     let strict = client(&[]);
     let e = strict
-        .pull_manifest(&reference(&reg.addr, "library/busybox:latest"), None, None)
+        .pull_manifest(&reference(reg.addr(), "library/busybox:latest"), None, None)
         .await
         .unwrap_err();
     assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
     assert!(e.to_string().contains("insecure"), "{e}");
-    assert!(e.to_string().contains(&reg.addr), "{e}");
+    assert!(e.to_string().contains(reg.addr()), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn picks_platforms_from_lists_and_indexes() {
     let tmp = tempfile::tempdir().unwrap();
-    let reg = Registry::start(&tmp.path().join("reg"), &[]);
+    let reg = TestRegistry::start(&tmp.path().join("reg"), None);
     let pushed = push_busybox(
-        &reg.addr,
+        reg.addr(),
         "library/busybox:latest",
         None,
         &tmp.path().join("files"),
@@ -229,7 +229,7 @@ async fn picks_platforms_from_lists_and_indexes() {
     let manifest_size = std::fs::metadata(pushed.files.join("manifest.json"))
         .unwrap()
         .len();
-    let c = client(&[&reg.addr]);
+    let c = client(&[reg.addr()]);
 
     // A Docker manifest list and an OCI index over the busybox manifest, pushed by hand.
     let http = reqwest::Client::new();
@@ -259,7 +259,7 @@ async fn picks_platforms_from_lists_and_indexes() {
         let resp = http
             .put(format!(
                 "http://{}/v2/library/busybox/manifests/{tag}",
-                reg.addr
+                reg.addr()
             ))
             .header("Content-Type", list_type)
             .body(body.clone())
@@ -274,7 +274,7 @@ async fn picks_platforms_from_lists_and_indexes() {
         );
         let list_digest = Digest::of(body.as_bytes());
 
-        let r = reference(&reg.addr, &format!("library/busybox:{tag}"));
+        let r = reference(reg.addr(), &format!("library/busybox:{tag}"));
         let top = c.fetch_manifest(&r, None).await.unwrap();
         assert!(top.kind.is_index());
         assert_eq!(top.kind.media_type(), list_type);
@@ -318,7 +318,7 @@ async fn picks_platforms_from_lists_and_indexes() {
     // A single-platform image asked for another platform explicitly.
     let e = c
         .pull_manifest(
-            &reference(&reg.addr, "library/busybox:latest"),
+            &reference(reg.addr(), "library/busybox:latest"),
             Some(&Platform::parse("linux/arm64").unwrap()),
             None,
         )
@@ -330,35 +330,30 @@ async fn picks_platforms_from_lists_and_indexes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn htpasswd_registry_checks_passwords() {
     let tmp = tempfile::tempdir().unwrap();
-    let users = tmp.path().join("htpasswd");
-    htpasswd(&users, "vic", "s3cret");
-    let reg = Registry::start(
-        &tmp.path().join("reg"),
-        &["--htpasswd", users.to_str().unwrap()],
-    );
+    let reg = TestRegistry::start(&tmp.path().join("reg"), Some(("vic", "s3cret")));
     push_busybox(
-        &reg.addr,
+        reg.addr(),
         "library/busybox:latest",
         Some(("vic", "s3cret")),
         &tmp.path().join("files"),
     );
-    let c = client(&[&reg.addr]);
+    let c = client(&[reg.addr()]);
     let good = Credentials::new("vic", "s3cret");
     let bad = Credentials::new("vic", "wrong");
 
-    let e = c.login(&reg.addr, &bad).await.unwrap_err();
+    let e = c.login(reg.addr(), &bad).await.unwrap_err();
     assert!(matches!(e, Error::Unauthorized(_)), "{e:?}");
     let msg = e.to_string();
     assert!(
-        msg.contains(&reg.addr) && msg.contains("incorrect username or password"),
+        msg.contains(reg.addr()) && msg.contains("incorrect username or password"),
         "{msg}"
     );
     assert!(!msg.contains("wrong"), "no password in messages: {msg}");
-    c.login(&reg.addr, &good)
+    c.login(reg.addr(), &good)
         .await
         .expect("login with the right password");
 
-    let r = reference(&reg.addr, "library/busybox:latest");
+    let r = reference(reg.addr(), "library/busybox:latest");
     for creds in [None, Some(&bad)] {
         let e = c.pull_manifest(&r, None, creds).await.unwrap_err();
         assert!(matches!(e, Error::Unauthorized(_)), "{e:?}");
@@ -379,69 +374,23 @@ async fn htpasswd_registry_checks_passwords() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_auth_registry_with_a_real_token_server() {
     let tmp = tempfile::tempdir().unwrap();
-    let issuer = Arc::new(TokenIssuer::new(tmp.path()));
-    let iss = issuer.clone();
-    let tokens = Server::start(move |req| {
-        if req.path != "/token"
-            || req.query.get("service").map(String::as_str) != Some(TOKEN_SERVICE)
-        {
-            return Resp::new(400, r#"{"details":"bad token request"}"#);
-        }
-        let access: Option<(String, Vec<&str>)> = req
-            .query
-            .get("scope")
-            .and_then(|s| s.strip_prefix("repository:"))
-            .and_then(|s| s.rsplit_once(':'))
-            .map(|(name, _)| (name.to_string(), vec!["pull"]));
-        match basic_user(req) {
-            Some((u, p)) if u == "vic" && p == "s3cret" => {
-                let grant = access.as_ref().map(|(n, a)| (n.as_str(), a.as_slice()));
-                let body =
-                    serde_json::json!({"access_token": iss.token("vic", grant), "expires_in": 300});
-                Resp::new(200, body.to_string()).header("Content-Type", "application/json")
-            }
-            Some(_) => Resp::new(
-                401,
-                r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#,
-            ),
-            // Anonymous users get a token that grants nothing.
-            None => Resp::new(
-                200,
-                serde_json::json!({"token": iss.token("", None)}).to_string(),
-            ),
-        }
-    })
-    .await;
+    let files = tmp.path().join("files");
+    // Filled while open, then restarted on the same data with token auth.
+    let (reg, _) = TokenRegistry::start(&tmp.path().join("reg"), &[("vic", "s3cret")], |open| {
+        push_busybox(open.addr(), "library/busybox:latest", None, &files)
+    });
 
-    // Fill the registry while it is open, then restart it on the same data with token auth.
-    let reg_dir = tmp.path().join("reg");
-    let open = Registry::start(&reg_dir, &[]);
-    push_busybox(
-        &open.addr,
-        "library/busybox:latest",
-        None,
-        &tmp.path().join("files"),
-    );
-    open.stop();
-    let auth = tmp.path().join("auth.yml");
-    std::fs::write(
-        &auth,
-        issuer.registry_auth_config(&format!("{}/token", tokens.url())),
-    )
-    .unwrap();
-    let reg = Registry::start(&reg_dir, &["--auth-config", auth.to_str().unwrap()]);
-
-    let c = client(&[&reg.addr]);
+    let c = client(&[reg.addr()]);
     let good = Credentials::new("vic", "s3cret");
     let e = c
-        .login(&reg.addr, &Credentials::new("vic", "nope"))
+        .login(reg.addr(), &Credentials::new("vic", "nope"))
         .await
         .unwrap_err();
     assert!(matches!(e, Error::Unauthorized(_)), "{e:?}");
-    assert!(e.to_string().contains(&reg.addr), "{e}");
-    c.login(&reg.addr, &good).await.expect("login");
+    assert!(e.to_string().contains(reg.addr()), "{e}");
+    c.login(reg.addr(), &good).await.expect("login");
 
-    let r = reference(&reg.addr, "library/busybox:latest");
+    let r = reference(reg.addr(), "library/busybox:latest");
     let e = c.pull_manifest(&r, None, None).await.unwrap_err();
     assert!(matches!(e, Error::Unauthorized(_)), "anonymous pull: {e:?}");
 
@@ -460,14 +409,12 @@ async fn token_auth_registry_with_a_real_token_server() {
         .expect("second pull");
 
     // One token for the repository's pull scope served every request of both pulls.
-    let scoped_user_fetches = tokens
-        .seen
-        .lock()
-        .unwrap()
+    let scoped_user_fetches = reg
+        .tokens()
+        .requests()
         .iter()
         .filter(|q| {
-            q.query.get("scope").map(String::as_str) == Some("repository:library/busybox:pull")
-                && basic_user(q).is_some_and(|(u, _)| u == "vic")
+            q.scopes() == ["repository:library/busybox:pull"] && q.user.as_deref() == Some("vic")
         })
         .count();
     assert_eq!(scoped_user_fetches, 1);

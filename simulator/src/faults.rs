@@ -4,7 +4,8 @@
 //! `ReconfigVM_Task`, `Destroy_Task`, `CreateVirtualDisk_Task`, `DeleteVirtualDisk_Task`,
 //! `MakeDirectory`, `DeleteDatastoreFile_Task`, `MoveDatastoreFile_Task`, `AddPortGroup`,
 //! `RemovePortGroup`, `CreateVApp`, `CreateResourcePool`, `UpdateConfig`; the simulator
-//! calls a datastore file upload `PutDatastoreFile`). Faults for one operation are used
+//! calls a datastore file upload `PutDatastoreFile`, and the writing and reading back of
+//! a layer's content `ImportLayer` and `ExportLayer`). Faults for one operation are used
 //! in the order they were injected.
 //!
 //! A separate process (an endpoint under an end-to-end test) takes its faults from the

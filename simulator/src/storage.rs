@@ -332,10 +332,12 @@ impl Storage for Simulator {
                 )));
             }
             txn.trash(path)?;
-            let tree = layer_tree(&txn.roots().resolve(path, false)?);
-            if fs::symlink_metadata(&tree).is_ok() {
-                let tree_ds = path.parent().join(tree_name(path));
-                txn.trash(&tree_ds)?;
+            let host = txn.roots().resolve(path, false)?;
+            if fs::symlink_metadata(layer_tree(&host)).is_ok() {
+                txn.trash(&path.parent().join(tree_name(path)))?;
+            }
+            if fs::symlink_metadata(layer_split(&host)).is_ok() {
+                txn.trash(&path.parent().join(split_name(path)))?;
             }
             forget_disks_within(txn, path);
             Ok(())
@@ -346,41 +348,80 @@ impl Storage for Simulator {
     async fn write_layer(&self, disk: &DsPath, tar: Box<dyn Read + Send>) -> Result<u64> {
         // Checks (and fault injection, and the task record) through the update path;
         // the unpacking itself runs outside it, on a blocking thread.
-        let tree = self
+        let (tree, split, tmp) = self
             .update("ImportLayer", None, |txn| {
                 if !txn.inv().disks.contains_key(disk) {
                     return Err(Error::not_found("disk", disk.to_string()));
                 }
                 check_unlocked(txn.inv(), disk)?;
-                let tree = layer_tree(&txn.roots().resolve(disk, false)?);
-                if fs::symlink_metadata(&tree).is_ok() {
+                let host = txn.roots().resolve(disk, false)?;
+                let (tree, split) = (layer_tree(&host), layer_split(&host));
+                if fs::symlink_metadata(&tree).is_ok() || fs::symlink_metadata(&split).is_ok() {
                     return Err(Error::Conflict(format!("disk {disk} already has content")));
                 }
-                Ok(tree)
+                let tmp = txn.temp_beside(&split);
+                Ok((tree, split, tmp))
             })
             .await?;
         let shown = disk.clone();
         let job = tokio::task::spawn_blocking(move || -> Result<u64> {
-            let mut tar = tar;
             fs::create_dir(&tree).map_err(|e| ds_io("fill", &shown, e))?;
-            let result = vic_layer::extract_layer(
-                &mut tar,
+            // Reads the stream to its end, where it checks its digests.
+            let result = vic_layer::extract_layer_split(
+                tar,
                 &tree,
                 &vic_layer::ExtractOptions::for_current_user(),
             )
-            .and_then(|stats| {
-                // The stream checks its digests at its end, after the tar's last block.
-                io::copy(&mut tar, &mut io::sink())
-                    .map_err(|e| Error::InvalidArgument(format!("layer for {shown}: {e}")))?;
+            .map_err(|e| match e {
+                // The stream says its content is wrong (a digest that does not match,
+                // data that does not decompress).
+                Error::Io { source, .. } if source.kind() == io::ErrorKind::InvalidData => {
+                    Error::InvalidArgument(format!("layer for {shown}: {source}"))
+                }
+                e => e,
+            })
+            .and_then(|(stats, skeleton)| {
+                // Last, so that a disk with a skeleton has all of its tree.
+                write_atomic(&split, &tmp, &skeleton.to_bytes())
+                    .map_err(|e| ds_io("fill", &shown, e))?;
                 Ok(stats.bytes)
             });
             if result.is_err() {
                 let _ = crate::sim::remove_any(&tree);
+                let _ = fs::remove_file(&split);
             }
             result
         });
         job.await
             .map_err(|e| Error::Internal(format!("layer unpacking failed: {e}")))?
+    }
+
+    async fn read_layer(&self, disk: &DsPath) -> Result<Box<dyn Read + Send>> {
+        let (tree, split) = self
+            .update("ExportLayer", None, |txn| {
+                if !txn.inv().disks.contains_key(disk) {
+                    return Err(Error::not_found("disk", disk.to_string()));
+                }
+                let host = txn.roots().resolve(disk, false)?;
+                Ok((layer_tree(&host), layer_split(&host)))
+            })
+            .await?;
+        let bytes = match fs::read(&split) {
+            Ok(bytes) => bytes,
+            Err(e) if is_missing(&e) => {
+                return Err(if fs::symlink_metadata(&tree).is_ok() {
+                    Error::NotSupported(format!(
+                        "disk {disk} has content without a tar split to read it back"
+                    ))
+                } else {
+                    Error::not_found("layer", disk.to_string())
+                });
+            }
+            Err(e) => return Err(Error::io(format!("read the tar split of {disk}"), e)),
+        };
+        let skeleton = vic_layer::TarSplit::from_bytes(&bytes)
+            .map_err(|e| Error::Internal(format!("layer of {disk}: {e}")))?;
+        Ok(Box::new(vic_layer::reassemble(&skeleton, &tree)))
     }
 }
 
@@ -390,14 +431,31 @@ fn tree_name(disk: &DsPath) -> String {
     format!("{}-fs", name.strip_suffix(".vmdk").unwrap_or(name))
 }
 
-/// The host folder holding the filesystem of the disk whose descriptor is `host`.
-pub(crate) fn layer_tree(host: &std::path::Path) -> std::path::PathBuf {
+/// The file name of a disk's tar-split skeleton: `<stem>-split` beside `<stem>.vmdk`.
+fn split_name(disk: &DsPath) -> String {
+    let name = disk.file_name();
+    format!("{}-split", name.strip_suffix(".vmdk").unwrap_or(name))
+}
+
+/// The host path `<stem><suffix>` beside the disk descriptor `host`.
+fn beside_disk(host: &std::path::Path, suffix: &str) -> std::path::PathBuf {
     let name = host
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let stem = name.strip_suffix(".vmdk").unwrap_or(&name);
-    host.with_file_name(format!("{stem}-fs"))
+    host.with_file_name(format!("{stem}{suffix}"))
+}
+
+/// The host folder holding the filesystem of the disk whose descriptor is `host`.
+pub(crate) fn layer_tree(host: &std::path::Path) -> std::path::PathBuf {
+    beside_disk(host, "-fs")
+}
+
+/// The host file holding the tar-split skeleton of the layer written to the disk whose
+/// descriptor is `host`: with the tree, it gives back the layer's tar byte for byte.
+pub(crate) fn layer_split(host: &std::path::Path) -> std::path::PathBuf {
+    beside_disk(host, "-split")
 }
 
 impl Simulator {
@@ -600,5 +658,158 @@ mod tests {
         assert!(!st.exists(&base).await.unwrap());
         assert!(st.disk_info(&base).await.unwrap_err().is_not_found());
         assert_eq!(sim.snapshot().disks().count(), 0);
+    }
+
+    /// A layer tar with what a tree alone cannot give back: a path written twice, a
+    /// whiteout with data and bytes after the end-of-archive blocks.
+    fn layer_tar() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |kind: tar::EntryType, name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(if kind == tar::EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            });
+            h.set_mtime(1_700_000_000);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, name, data).unwrap();
+        };
+        add(tar::EntryType::Directory, "etc/", b"");
+        add(
+            tar::EntryType::Regular,
+            "etc/hosts",
+            b"127.0.0.1 localhost\n",
+        );
+        add(tar::EntryType::Regular, "etc/hosts", b"::1 localhost\n");
+        add(tar::EntryType::Regular, "etc/.wh.gone", b"whiteout data");
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        add(tar::EntryType::Regular, "bin/tool", &big);
+        let mut tar = b.into_inner().unwrap();
+        tar.extend_from_slice(&[0u8; 4096]);
+        tar
+    }
+
+    async fn read_back(st: &dyn Storage, disk: &DsPath) -> Result<Vec<u8>> {
+        let mut r = st.read_layer(disk).await?;
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).map(|_| out)
+        })
+        .await
+        .unwrap()
+        .map_err(|e| Error::io("read back", e))
+    }
+
+    #[tokio::test]
+    async fn layers_are_read_back_byte_for_byte() {
+        let (_dir, sim) = open_temp();
+        let st = sim.backend().storage;
+        st.make_dir(&ds("l1")).await.unwrap();
+        let disk = ds("l1/l1.vmdk");
+        st.create_disk(&DiskSpec {
+            path: disk.clone(),
+            capacity_kb: 1024,
+            parent: None,
+        })
+        .await
+        .unwrap();
+        let e = read_back(&*st, &disk).await.unwrap_err();
+        assert!(matches!(e, Error::NotFound { kind: "layer", .. }), "{e}");
+        let e = read_back(&*st, &ds("l1/none.vmdk")).await.unwrap_err();
+        assert!(matches!(e, Error::NotFound { kind: "disk", .. }), "{e}");
+
+        let tar = layer_tar();
+        let size = st
+            .write_layer(&disk, Box::new(io::Cursor::new(tar.clone())))
+            .await
+            .unwrap();
+        // Every regular file written counts, the replaced one too.
+        assert_eq!(size, 20 + 14 + 300_000);
+        let names: Vec<String> = st
+            .list_dir(&ds("l1"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(names, ["l1-fs", "l1-split", "l1.vmdk"]);
+        assert!(read_back(&*st, &disk).await.unwrap() == tar);
+        assert!(matches!(
+            st.write_layer(&disk, Box::new(io::Cursor::new(tar.clone())))
+                .await,
+            Err(Error::Conflict(_))
+        ));
+
+        // Faults reach it as they reach every operation.
+        sim.faults()
+            .inject("ExportLayer", crate::Fault::Fail("no".into()), 1);
+        assert!(matches!(
+            read_back(&*st, &disk).await,
+            Err(Error::Internal(_))
+        ));
+
+        // The skeleton moves with its folder, as a pulled layer's does.
+        st.move_path(&ds("l1"), &ds("l2")).await.unwrap();
+        let disk = ds("l2/l1.vmdk");
+        assert!(read_back(&*st, &disk).await.unwrap() == tar);
+
+        // A tree changed behind its back is an error, not another stream.
+        let tree = sim.disk_tree(&disk).unwrap();
+        fs::write(tree.join("etc/hosts"), b"::1 changed!!\n").unwrap();
+        let e = read_back(&*st, &disk).await.unwrap_err();
+        assert!(e.to_string().contains("etc/hosts"), "{e}");
+
+        st.delete_disk(&disk).await.unwrap();
+        assert_eq!(st.list_dir(&ds("l2")).await.unwrap(), []);
+        let trash = sim.state_dir().join("trash");
+        assert_eq!(fs::read_dir(trash).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_layer_leaves_no_content() {
+        /// The layer, then the error a stream gives when its digest does not match.
+        struct Mismatch(io::Cursor<Vec<u8>>);
+        impl Read for Mismatch {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                match self.0.read(buf)? {
+                    0 => Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "digest mismatch",
+                    )),
+                    n => Ok(n),
+                }
+            }
+        }
+        let (_dir, sim) = open_temp();
+        let st = sim.backend().storage;
+        st.make_dir(&ds("l")).await.unwrap();
+        let disk = ds("l/l.vmdk");
+        st.create_disk(&DiskSpec {
+            path: disk.clone(),
+            capacity_kb: 1024,
+            parent: None,
+        })
+        .await
+        .unwrap();
+        let bad = Mismatch(io::Cursor::new(layer_tar()));
+        let e = st.write_layer(&disk, Box::new(bad)).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("digest mismatch")),
+            "{e}"
+        );
+        let names: Vec<String> = fs::read_dir(sim.host_path(&ds("l")).unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["l.vmdk"]);
+        let e = read_back(&*st, &disk).await.unwrap_err();
+        assert!(e.is_not_found(), "{e}");
+        // And the disk takes a good layer afterwards.
+        st.write_layer(&disk, Box::new(io::Cursor::new(layer_tar())))
+            .await
+            .unwrap();
+        assert!(read_back(&*st, &disk).await.unwrap() == layer_tar());
     }
 }

@@ -5,6 +5,7 @@
 pub mod conformance;
 pub mod fixtures;
 pub mod registry;
+pub mod token;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -151,13 +152,7 @@ impl Drop for Endpoint {
 
 /// Runs the real `docker` CLI against `host` with an empty client configuration.
 pub fn docker(host: &str, args: &[&str]) -> Output {
-    let config = tempfile::tempdir().expect("docker config dir");
-    docker_command(config.path())
-        .arg("-H")
-        .arg(host)
-        .args(args)
-        .output()
-        .expect("run the docker CLI (is it installed?)")
+    DockerClient::new(host).run(args)
 }
 
 /// How long one docker CLI call may take before the tests call it hung.
@@ -176,6 +171,55 @@ pub fn docker_command(config: &Path) -> Command {
         .env_remove("DOCKER_API_VERSION")
         .stdin(Stdio::null());
     c
+}
+
+/// The real `docker` CLI against one host with one client configuration kept across
+/// calls, as a user's `~/.docker` is: what `docker login` stores, later calls send.
+#[derive(Debug)]
+pub struct DockerClient {
+    host: String,
+    config: tempfile::TempDir,
+}
+
+impl DockerClient {
+    /// A client for `host` (`tcp://…`) with an empty configuration of its own.
+    pub fn new(host: &str) -> DockerClient {
+        DockerClient {
+            host: host.to_string(),
+            config: tempfile::tempdir().expect("docker config dir"),
+        }
+    }
+
+    /// Runs `docker -H HOST ARGS` (see [`docker_command`]).
+    pub fn run(&self, args: &[&str]) -> Output {
+        docker_command(self.config.path())
+            .arg("-H")
+            .arg(&self.host)
+            .args(args)
+            .output()
+            .expect("run the docker CLI (is it installed?)")
+    }
+
+    /// The client configuration folder (`config.json`).
+    pub fn config_dir(&self) -> &Path {
+        self.config.path()
+    }
+}
+
+/// Runs `cmd` and returns its stdout, trimmed; panics with its stderr (and a hint to
+/// install the test packages) when it cannot start or fails.
+pub fn run_checked(cmd: &mut Command) -> String {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}\n(run `bash tests/servers.sh install` for the test packages)",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// stdout of an [`Output`] as text.

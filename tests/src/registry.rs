@@ -117,22 +117,38 @@ impl TestRegistry {
     /// pass))` it requires basic auth: the bcrypt entry goes to `dir/htpasswd` (written
     /// anew) through `tests/servers.sh htpasswd`.
     pub fn start(dir: &Path, htpasswd: Option<(&str, &str)>) -> TestRegistry {
-        std::fs::create_dir_all(dir).expect("create the registry folder");
-        let dir = dir.canonicalize().expect("registry folder path");
-        let dir_s = dir
-            .to_str()
-            .expect("registry folder path is UTF-8")
-            .to_string();
+        let dir = registry_dir(dir);
+        let dir_s = dir.to_str().expect("registry folder path is UTF-8");
         let addr = match htpasswd {
-            None => servers(&["registry-start", &dir_s]),
+            None => servers(&["registry-start", dir_s]),
             Some((user, pass)) => {
                 let file = dir.join("htpasswd");
                 let _ = std::fs::remove_file(&file);
                 let file_s = file.to_str().expect("htpasswd path is UTF-8");
                 servers(&["htpasswd", file_s, user, pass]);
-                servers(&["registry-start", &dir_s, "--htpasswd", file_s])
+                servers(&["registry-start", dir_s, "--htpasswd", file_s])
             }
         };
+        TestRegistry::started(
+            dir,
+            addr,
+            htpasswd.map(|(u, p)| (u.to_string(), p.to_string())),
+        )
+    }
+
+    /// Starts a registry in `dir` (created if missing) whose `config.yml` ends with the
+    /// `auth:` section in the file `auth_config` (`servers.sh registry-start
+    /// --auth-config`), e.g. token auth ([`crate::token::TokenRegistry`]). Its
+    /// [`TestRegistry::get`] and [`TestRegistry::head`] send no credentials.
+    pub fn start_with_auth_config(dir: &Path, auth_config: &Path) -> TestRegistry {
+        let dir = registry_dir(dir);
+        let dir_s = dir.to_str().expect("registry folder path is UTF-8");
+        let file_s = auth_config.to_str().expect("auth config path is UTF-8");
+        let addr = servers(&["registry-start", dir_s, "--auth-config", file_s]);
+        TestRegistry::started(dir, addr, None)
+    }
+
+    fn started(dir: PathBuf, addr: String, auth: Option<(String, String)>) -> TestRegistry {
         assert!(
             addr.starts_with("127.0.0.1:") && !addr.contains('\n'),
             "tests/servers.sh registry-start printed {addr:?}, not 127.0.0.1:PORT"
@@ -140,7 +156,7 @@ impl TestRegistry {
         TestRegistry {
             dir,
             addr,
-            auth: htpasswd.map(|(u, p)| (u.to_string(), p.to_string())),
+            auth,
             stopped: false,
         }
     }
@@ -235,6 +251,12 @@ impl Drop for TestRegistry {
             Err(e) => eprintln!("tests/servers.sh registry-stop {}: {e}", self.dir.display()),
         }
     }
+}
+
+/// `dir`, created if missing, as an absolute path.
+fn registry_dir(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("create the registry folder");
+    dir.canonicalize().expect("registry folder path")
 }
 
 /// An HTTP answer, read whole.

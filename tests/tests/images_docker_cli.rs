@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use vic_tests::fixtures::{push_busybox, push_multiarch, push_oci};
 use vic_tests::registry::TestRegistry;
+use vic_tests::token::TokenRegistry;
 use vic_tests::{Endpoint, docker, stderr, stdout};
 
 fn ok(o: &std::process::Output, what: &str) -> String {
@@ -245,4 +246,70 @@ fn login_then_pull_private_images() {
     assert!(pulled.status.success(), "{}", stderr(&pulled));
     // The password never reaches the endpoint's log.
     assert!(!ep.log_text().contains("s3cret"));
+}
+
+#[test]
+fn token_auth_login_then_pull() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = "t0ken-s3cret";
+    let (reg, pushed) = TokenRegistry::start(
+        &dir.path().join("token-registry"),
+        &[("vic", password)],
+        |open| push_busybox(open, "private/busybox", "latest"),
+    );
+    let ep = Endpoint::start(
+        &dir.path().join("state"),
+        &["--insecure-registry", reg.addr()],
+    );
+    let image = format!("{}/private/busybox", reg.addr());
+    // One docker client configuration for the whole test, as a user has.
+    let docker_cli = vic_tests::DockerClient::new(&ep.host());
+    let cli = |args: &[&str]| docker_cli.run(args);
+
+    // Anonymous users get a token that grants nothing: a clear refusal, no prompt.
+    let anon = cli(&["pull", &image]);
+    assert!(!anon.status.success());
+    let err = stderr(&anon);
+    assert!(
+        err.contains(&format!("pull access denied for {image}")) && err.contains("docker login"),
+        "{err}"
+    );
+
+    let bad = cli(&["login", "-u", "vic", "-p", "wrong", reg.addr()]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("unauthorized"), "{}", stderr(&bad));
+
+    let good = cli(&["login", "-u", "vic", "-p", password, reg.addr()]);
+    assert!(good.status.success(), "{}", stderr(&good));
+    assert!(
+        stdout(&good).contains("Login Succeeded"),
+        "{}",
+        stdout(&good)
+    );
+
+    let pulled = ok(&cli(&["pull", &image]), "docker pull after login");
+    assert!(
+        pulled.contains(&format!("Digest: {}", pushed.manifest_digest)),
+        "{pulled}"
+    );
+    let id = ok(
+        &cli(&["image", "inspect", &image, "--format", "{{.Id}}"]),
+        "docker image inspect",
+    );
+    assert_eq!(id.trim(), pushed.config_digest);
+
+    // The pull went through the token server as vic, for the repository's pull scope.
+    let scoped = reg
+        .tokens()
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.status == 200
+                && r.user.as_deref() == Some("vic")
+                && r.scopes().contains(&"repository:private/busybox:pull")
+        })
+        .count();
+    assert!(scoped >= 1, "{:?}", reg.tokens().requests());
+    // The password never reaches the endpoint's log.
+    assert!(!ep.log_text().contains(password));
 }

@@ -86,4 +86,7 @@ pub trait Storage: Send + Sync + Debug {
     /// vSphere this runs in the VCH appliance (attach the disk, make a filesystem, mount,
     /// unpack, detach); the simulator unpacks into a folder beside the descriptor.
     async fn write_layer(&self, disk: &DsPath, tar: Box<dyn std::io::Read + Send>) -> Result<u64>;
+    /// The content written by [`Storage::write_layer`] as the same tar stream, byte for
+    /// byte (so its digest is the layer's diff id), for `docker save`.
+    async fn read_layer(&self, disk: &DsPath) -> Result<Box<dyn std::io::Read + Send>>;
 }

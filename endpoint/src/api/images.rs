@@ -215,3 +215,60 @@ pub async fn prune(engine: &Engine, q: &[(String, String)]) -> Result<Reply, Err
         }),
     ))
 }
+
+/// `GET /images/{name}/get` and `GET /images/get?names=…`: `docker save`.
+pub async fn save(
+    engine: &std::sync::Arc<Engine>,
+    name: Option<&str>,
+    q: &[(String, String)],
+) -> Result<Reply, Error> {
+    let names: Vec<String> = match name {
+        Some(n) => vec![n.to_string()],
+        None => q
+            .iter()
+            .filter(|(k, _)| k == "names")
+            .map(|(_, v)| v.clone())
+            .collect(),
+    };
+    if names.is_empty() {
+        return Err(Error::InvalidArgument("no image names given".into()));
+    }
+    let (chunks_tx, mut chunks_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+    let job = engine.save_images(&names, chunks_tx).await?;
+    let (tx, body) = crate::http::channel_body(8);
+    tokio::spawn(async move {
+        while let Some(c) = chunks_rx.recv().await {
+            if tx.send(bytes::Bytes::from(c)).await.is_err() {
+                break;
+            }
+        }
+        match job.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "docker save failed part way"),
+            Err(e) => tracing::warn!(error = %e, "docker save task failed"),
+        }
+    });
+    let mut r = hyper::Response::new(body);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/x-tar"),
+    );
+    Ok(r)
+}
+
+/// `POST /images/load`: `docker load`.
+pub async fn load(
+    engine: &std::sync::Arc<Engine>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<Reply, Error> {
+    // No progress is reported, so `quiet` changes nothing.
+    let reader = crate::http::body_reader(req.into_body());
+    let loaded = engine.load_images(reader).await?;
+    let mut out = Vec::new();
+    for line in loaded {
+        let v = json!({ "stream": format!("{line}\n") });
+        out.extend_from_slice(v.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    Ok(crate::http::reply(StatusCode::OK, "application/json", out))
+}

@@ -1,7 +1,8 @@
-//! Helpers of the registry client's integration tests: a real `docker-registry` started
-//! by `tests/servers.sh` (stopped by PID when dropped), the busybox fixture pushed into
-//! it, a token server signing ES256 JWTs for docker-registry's token auth, and a small
-//! fake registry for behaviours a real one does not show.
+//! Helpers of the registry client's integration tests: the busybox fixture pushed into a
+//! real `docker-registry` (started and stopped by PID through
+//! `vic_tests::registry::TestRegistry`, or with token auth through
+//! `vic_tests::token::TokenRegistry`), and a small fake registry for behaviours a real
+//! one does not show.
 
 #![allow(dead_code)]
 
@@ -10,76 +11,19 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use vic_registry::{RegistryClient, RegistryConfig};
-
-/// The workspace root (`registry/..`).
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn servers_sh() -> PathBuf {
-    workspace().join("tests/servers.sh")
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}\n(run `bash tests/servers.sh install` for the test packages)",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A docker-registry on a free loopback port in a folder of its own; stopped (by the
-/// PID `servers.sh` recorded) when dropped.
-pub struct Registry {
-    pub dir: PathBuf,
-    pub addr: String,
-}
-
-impl Registry {
-    /// Starts one in `dir` with `servers.sh registry-start` extra `args`.
-    pub fn start(dir: &Path, args: &[&str]) -> Registry {
-        let addr = run(Command::new("bash")
-            .arg(servers_sh())
-            .arg("registry-start")
-            .arg(dir)
-            .args(args));
-        Registry {
-            dir: dir.to_path_buf(),
-            addr,
-        }
-    }
-
-    /// Stops it now.
-    pub fn stop(self) {}
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(servers_sh())
-            .arg("registry-stop")
-            .arg(&self.dir)
-            .output();
-    }
-}
+pub use vic_tests::registry::TestRegistry;
+use vic_tests::registry::repo_root;
+use vic_tests::run_checked as run;
+pub use vic_tests::token::TokenRegistry;
 
 /// What `push-busybox.sh` pushed.
 pub struct Pushed {
@@ -93,7 +37,7 @@ pub struct Pushed {
 /// given, keeping its files in `keep`.
 pub fn push_busybox(addr: &str, repo_tag: &str, user: Option<(&str, &str)>, keep: &Path) -> Pushed {
     let mut cmd = Command::new("bash");
-    cmd.arg(workspace().join("tests/fixtures/push-busybox.sh"))
+    cmd.arg(repo_root().join("tests/fixtures/push-busybox.sh"))
         .arg(addr)
         .arg(repo_tag)
         .env("KEEP_DIR", keep);
@@ -109,16 +53,6 @@ pub fn push_busybox(addr: &str, repo_tag: &str, user: Option<(&str, &str)>, keep
         digest,
         files: keep.to_path_buf(),
     }
-}
-
-/// Appends a bcrypt htpasswd entry.
-pub fn htpasswd(file: &Path, user: &str, pass: &str) {
-    run(Command::new("bash")
-        .arg(servers_sh())
-        .arg("htpasswd")
-        .arg(file)
-        .arg(user)
-        .arg(pass));
 }
 
 /// A client for which `insecure` registries may be reached over plain HTTP.
@@ -336,118 +270,6 @@ pub fn basic_user(req: &Req) -> Option<(String, String)> {
     let s = String::from_utf8(raw).ok()?;
     let (u, p) = s.split_once(':')?;
     Some((u.to_string(), p.to_string()))
-}
-
-// ---------------------------------------------------------------------------------------
-// Token auth: an ES256 key and self-signed certificate made with openssl, JWTs signed
-// with ring, as docker-registry's `auth: token:` verifies them (x5c header chained to
-// the rootcertbundle).
-
-pub const TOKEN_SERVICE: &str = "vic-test-registry";
-pub const TOKEN_ISSUER: &str = "vic-test-token-issuer";
-
-/// The token signer.
-pub struct TokenIssuer {
-    key: EcdsaKeyPair,
-    cert_der_b64: String,
-    /// The certificate (PEM) the registry trusts.
-    pub cert_pem: PathBuf,
-    rng: SystemRandom,
-    serial: AtomicUsize,
-}
-
-impl TokenIssuer {
-    /// Makes a P-256 key and a self-signed certificate in `dir` with openssl.
-    pub fn new(dir: &Path) -> TokenIssuer {
-        let key_pem = dir.join("token-key.pem");
-        let key_p8 = dir.join("token-key.p8");
-        let cert_pem = dir.join("token-cert.pem");
-        let cert_der = dir.join("token-cert.der");
-        run(Command::new("openssl")
-            .args([
-                "ecparam",
-                "-name",
-                "prime256v1",
-                "-genkey",
-                "-noout",
-                "-out",
-            ])
-            .arg(&key_pem));
-        run(Command::new("openssl")
-            .args(["pkcs8", "-topk8", "-nocrypt", "-outform", "DER", "-in"])
-            .arg(&key_pem)
-            .arg("-out")
-            .arg(&key_p8));
-        run(Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-new",
-                "-subj",
-                "/CN=vic-test-token-issuer",
-                "-days",
-                "2",
-                "-key",
-            ])
-            .arg(&key_pem)
-            .arg("-out")
-            .arg(&cert_pem));
-        run(Command::new("openssl")
-            .args(["x509", "-outform", "DER", "-in"])
-            .arg(&cert_pem)
-            .arg("-out")
-            .arg(&cert_der));
-        let rng = SystemRandom::new();
-        let p8 = std::fs::read(&key_p8).expect("pkcs8 key");
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &p8, &rng)
-            .expect("ring reads the key");
-        let cert_der_b64 = STANDARD.encode(std::fs::read(&cert_der).expect("cert der"));
-        TokenIssuer {
-            key,
-            cert_der_b64,
-            cert_pem,
-            rng,
-            serial: AtomicUsize::new(0),
-        }
-    }
-
-    /// A JWT for `subject` granting `actions` on `repository` (none when empty).
-    pub fn token(&self, subject: &str, access: Option<(&str, &[&str])>) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_secs();
-        let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [self.cert_der_b64]});
-        let access: Vec<serde_json::Value> = access
-            .map(|(name, actions)| serde_json::json!({"type": "repository", "name": name, "actions": actions}))
-            .into_iter()
-            .collect();
-        let claims = serde_json::json!({
-            "iss": TOKEN_ISSUER,
-            "sub": subject,
-            "aud": TOKEN_SERVICE,
-            "exp": now + 300,
-            "nbf": now - 10,
-            "iat": now,
-            "jti": format!("vic-test-{}", self.serial.fetch_add(1, Ordering::SeqCst)),
-            "access": access,
-        });
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let sig = self.key.sign(&self.rng, input.as_bytes()).expect("sign");
-        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
-    }
-
-    /// The `auth:` section of a registry config using this issuer and `realm`.
-    pub fn registry_auth_config(&self, realm: &str) -> String {
-        format!(
-            "auth:\n  token:\n    realm: {realm}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
-            self.cert_pem.display()
-        )
-    }
 }
 
 // ---------------------------------------------------------------------------------------
