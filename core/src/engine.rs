@@ -7,12 +7,10 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tracing::info;
 
-use crate::ids;
 use crate::images::ImageStore;
 use crate::model::{ContainerConfig, HostConfig, keys};
 use crate::provider::{Backend, PoolInfo, PowerState, VmInfo};
 use crate::pull::Registry;
-use crate::reference::Reference;
 use crate::{DsPath, Error, Result};
 
 /// Which VCH the engine serves and where its storage lives.
@@ -101,6 +99,8 @@ pub struct Engine {
     pub(crate) images: ImageStore,
     pub(crate) registry: Option<Arc<dyn Registry>>,
     pub(crate) auth_lock: tokio::sync::Mutex<()>,
+    /// Serializes container creation and renames, so names stay unique.
+    pub(crate) names_lock: tokio::sync::Mutex<()>,
     started: SystemTime,
 }
 
@@ -134,6 +134,7 @@ impl Engine {
             images,
             registry: config.registry,
             auth_lock: tokio::sync::Mutex::new(()),
+            names_lock: tokio::sync::Mutex::new(()),
             started: SystemTime::now(),
         }))
     }
@@ -220,38 +221,5 @@ impl Engine {
             .into_iter()
             .filter(|vm| vm.extra_config.contains_key(keys::CONTAINER_ID))
             .collect())
-    }
-
-    /// Creates a container: validates the request and the name, resolves the image.
-    /// Nothing is made on the backend before every check has passed.
-    pub async fn create_container(&self, req: CreateContainer) -> Result<String> {
-        let name = req
-            .name
-            .as_deref()
-            .map(ids::validate_name)
-            .transpose()?
-            .map(str::to_string);
-        let reference = Reference::parse(&req.image)?;
-        if let Some(name) = &name {
-            let vms = self.container_vms().await?;
-            if let Some(vm) = vms
-                .iter()
-                .find(|vm| vm.extra_config.get(keys::CONTAINER_NAME) == Some(name))
-            {
-                let id = vm
-                    .extra_config
-                    .get(keys::CONTAINER_ID)
-                    .cloned()
-                    .unwrap_or_default();
-                return Err(Error::Conflict(format!(
-                    "Conflict. The container name \"/{name}\" is already in use by container \"{id}\". \
-                     You have to remove (or rename) that container to be able to reuse that name."
-                )));
-            }
-        }
-        let _image = self.resolve_image(&reference.to_string()).await?;
-        Err(Error::NotSupported(
-            "creating container VMs is not supported by vic yet".into(),
-        ))
     }
 }

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod containers;
 pub mod digest;
 pub mod dspath;
 pub mod engine;

@@ -15,6 +15,8 @@ pub mod keys {
     pub const CONTAINER_NAME: &str = "guestinfo.vice./common/name";
     /// The id (`sha256:…`) of the container's image.
     pub const IMAGE_ID: &str = "guestinfo.vice./common/image";
+    /// The engine's record of the container (JSON of `Container`), not visible to the guest.
+    pub const CONTAINER: &str = "vice./container";
     /// The id of the VCH that owns the container.
     pub const VCH_ID: &str = "guestinfo.vice./common/vch";
 }

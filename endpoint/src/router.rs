@@ -17,6 +17,14 @@ pub enum Op {
     Info,
     /// `POST /containers/create`.
     ContainerCreate,
+    /// `GET /containers/json`.
+    ContainerList,
+    /// `GET /containers/{id}/json`.
+    ContainerInspect,
+    /// `DELETE /containers/{id}`.
+    ContainerDelete,
+    /// `POST /containers/{id}/rename`.
+    ContainerRename,
     /// `GET /images/json`.
     ImageList,
     /// `GET /images/{name}/json`.
@@ -115,10 +123,10 @@ const ROUTES: &[(&str, &str, Op)] = &[
     ("POST", "/auth", Op::Auth),
     ("POST", "/session", Op::Unsupported),
     // containers
-    ("GET", "/containers/json", Op::Unsupported),
+    ("GET", "/containers/json", Op::ContainerList),
     ("POST", "/containers/create", Op::ContainerCreate),
     ("POST", "/containers/prune", Op::Unsupported),
-    ("GET", "/containers/{}/json", Op::Unsupported),
+    ("GET", "/containers/{}/json", Op::ContainerInspect),
     ("GET", "/containers/{}/top", Op::Unsupported),
     ("GET", "/containers/{}/logs", Op::Unsupported),
     ("GET", "/containers/{}/changes", Op::Unsupported),
@@ -130,13 +138,13 @@ const ROUTES: &[(&str, &str, Op)] = &[
     ("POST", "/containers/{}/restart", Op::Unsupported),
     ("POST", "/containers/{}/kill", Op::Unsupported),
     ("POST", "/containers/{}/update", Op::Unsupported),
-    ("POST", "/containers/{}/rename", Op::Unsupported),
+    ("POST", "/containers/{}/rename", Op::ContainerRename),
     ("POST", "/containers/{}/pause", Op::Unsupported),
     ("POST", "/containers/{}/unpause", Op::Unsupported),
     ("POST", "/containers/{}/attach", Op::Unsupported),
     ("GET", "/containers/{}/attach/ws", Op::Unsupported),
     ("POST", "/containers/{}/wait", Op::Unsupported),
-    ("DELETE", "/containers/{}", Op::Unsupported),
+    ("DELETE", "/containers/{}", Op::ContainerDelete),
     ("HEAD", "/containers/{}/archive", Op::Unsupported),
     ("GET", "/containers/{}/archive", Op::Unsupported),
     ("PUT", "/containers/{}/archive", Op::Unsupported),
@@ -337,7 +345,12 @@ mod tests {
         assert_eq!(route("HEAD", "/_ping").unwrap().op, Op::Ping);
         assert_eq!(route("GET", "/info/").unwrap().op, Op::Info);
         let r = route("GET", "/containers/abc/json").unwrap();
-        assert_eq!((r.op, r.params), (Op::Unsupported, vec!["abc".to_string()]));
+        assert_eq!(
+            (r.op, r.params),
+            (Op::ContainerInspect, vec!["abc".to_string()])
+        );
+        let r = route("POST", "/containers/abc/start").unwrap();
+        assert_eq!((r.op, r.pattern), (Op::Unsupported, "/containers/{}/start"));
         let r = route("GET", "/images/127.0.0.1:5000/lib/busybox/json").unwrap();
         assert_eq!(r.params, vec!["127.0.0.1:5000/lib/busybox".to_string()]);
         assert_eq!(

@@ -293,22 +293,13 @@ fn bad_requests_get_docker_errors_and_the_endpoint_keeps_serving() {
         assert_eq!(s, 400);
         assert!(message(&b).contains("too new"), "{b}");
 
-        let (s, _, b) = raw(
-            &c,
-            Method::GET,
-            format!("{base}/v1.41/containers/json"),
-            None,
-        )
-        .await;
+        let (s, _, b) = raw(&c, Method::GET, format!("{base}/v1.41/volumes"), None).await;
         assert_eq!(s, 501);
-        assert!(
-            message(&b).contains("GET /containers/json is not supported"),
-            "{b}"
-        );
+        assert!(message(&b).contains("GET /volumes is not supported"), "{b}");
     });
 
     // The docker CLI shows the message of a call vic does not serve.
-    let ps = docker(&ep.host(), &["ps"]);
+    let ps = docker(&ep.host(), &["volume", "ls"]);
     assert!(!ps.status.success());
     assert!(
         stderr(&ps).contains("not supported by vic"),

@@ -365,6 +365,250 @@ pub async fn create(engine: &Engine, req: Request<Incoming>) -> Result<Reply, Er
     ))
 }
 
+fn unix_of(t: &str) -> i64 {
+    super::images::unix_time(Some(t))
+}
+
+fn command_line(c: &vic_core::model::Container) -> String {
+    c.config
+        .entrypoint
+        .iter()
+        .chain(&c.config.cmd)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Docker's human status line ("Created", "Up", "Exited (3)").
+fn status_line(c: &vic_core::model::Container) -> String {
+    use vic_core::model::ContainerStatus::*;
+    match c.state.status {
+        Created => "Created".into(),
+        Running => "Up".into(),
+        Paused => "Up (Paused)".into(),
+        Restarting => "Restarting".into(),
+        Removing => "Removal In Progress".into(),
+        Exited => format!("Exited ({})", c.state.exit_code),
+        Dead => "Dead".into(),
+    }
+}
+
+fn ports_json(c: &vic_core::model::Container) -> Vec<Value> {
+    c.host_config
+        .port_bindings
+        .iter()
+        .map(|p| {
+            json!({
+                "PrivatePort": p.container_port,
+                "PublicPort": p.host_port,
+                "IP": if p.host_ip.is_empty() { "0.0.0.0" } else { p.host_ip.as_str() },
+                "Type": p.protocol,
+            })
+        })
+        .collect()
+}
+
+/// `GET /containers/json`.
+pub async fn list(engine: &Engine, q: &[(String, String)]) -> Result<Reply, Error> {
+    use super::filters::Filters;
+    let all = matches!(query_get(q, "all"), Some("1" | "true" | "True"));
+    let f = Filters::parse(
+        query_get(q, "filters"),
+        &[
+            "id", "name", "label", "status", "exited", "ancestor", "before", "since",
+        ],
+    )?;
+    for s in f.get("status") {
+        if !matches!(
+            s.as_str(),
+            "created" | "restarting" | "running" | "removing" | "paused" | "exited" | "dead"
+        ) {
+            return Err(Error::InvalidArgument(format!(
+                "invalid filter 'status={s}'"
+            )));
+        }
+    }
+    let mut views = engine.containers().await?;
+    views.sort_by(|a, b| b.container.created.cmp(&a.container.created));
+    let created_of = |key: &String| {
+        views
+            .iter()
+            .find(|v| v.container.id.starts_with(key.as_str()) || v.container.name == *key)
+            .map(|v| v.container.created.clone())
+    };
+    let before = match f.get("before").first() {
+        Some(k) => Some(created_of(k).ok_or_else(|| Error::not_found("container", k.clone()))?),
+        None => None,
+    };
+    let since = match f.get("since").first() {
+        Some(k) => Some(created_of(k).ok_or_else(|| Error::not_found("container", k.clone()))?),
+        None => None,
+    };
+    let mut ancestors = Vec::new();
+    for a in f.get("ancestor") {
+        ancestors.push(engine.resolve_image(a).await.ok());
+    }
+    let out: Vec<Value> = views
+        .iter()
+        .map(|v| &v.container)
+        .filter(|c| {
+            let status = c.state.status.as_str();
+            (all || f.has("status") || f.has("exited") || status == "running")
+                && (!f.has("id") || f.get("id").iter().any(|p| c.id.starts_with(p.as_str())))
+                && (!f.has("name") || f.get("name").iter().any(|p| c.name.contains(p.trim_start_matches('/'))))
+                && f.labels_match(&c.config.labels)
+                && (!f.has("status") || f.get("status").iter().any(|s| s == status))
+                && (!f.has("exited")
+                    || (status == "exited"
+                        && f.get("exited").iter().any(|e| e.parse::<i32>().ok() == Some(c.state.exit_code))))
+                && (ancestors.is_empty() || ancestors.iter().flatten().any(|id| *id == c.image_id))
+                && before.as_ref().is_none_or(|b| c.created < *b)
+                && since.as_ref().is_none_or(|s| c.created > *s)
+        })
+        .map(|c| {
+            json!({
+                "Id": c.id,
+                "Names": [format!("/{}", c.name)],
+                "Image": c.image,
+                "ImageID": c.image_id,
+                "Command": command_line(c),
+                "Created": unix_of(&c.created),
+                "Ports": ports_json(c),
+                "Labels": c.config.labels,
+                "State": c.state.status.as_str(),
+                "Status": status_line(c),
+                "HostConfig": { "NetworkMode": if c.host_config.network_mode.is_empty() { "default" } else { c.host_config.network_mode.as_str() } },
+                "NetworkSettings": { "Networks": {} },
+                "Mounts": [],
+            })
+        })
+        .collect();
+    Ok(crate::http::json(StatusCode::OK, &out))
+}
+
+/// `GET /containers/{id}/json`.
+pub async fn inspect(engine: &Engine, key: &str) -> Result<Reply, Error> {
+    let v = engine.container(key).await?;
+    let c = &v.container;
+    let (path, args) = {
+        let mut all = c.config.entrypoint.iter().chain(&c.config.cmd).cloned();
+        (all.next().unwrap_or_default(), all.collect::<Vec<_>>())
+    };
+    let status = c.state.status.as_str();
+    let zero = "0001-01-01T00:00:00Z".to_string();
+    let exposed: BTreeMap<&String, Value> = c
+        .config
+        .exposed_ports
+        .iter()
+        .map(|p| (p, json!({})))
+        .collect();
+    let mut bindings: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for p in &c.host_config.port_bindings {
+        bindings
+            .entry(format!("{}/{}", p.container_port, p.protocol))
+            .or_default()
+            .push(json!({ "HostIp": p.host_ip, "HostPort": if p.host_port == 0 { String::new() } else { p.host_port.to_string() } }));
+    }
+    let restart = match &c.host_config.restart_policy {
+        RestartPolicy::No => json!({ "Name": "no", "MaximumRetryCount": 0 }),
+        RestartPolicy::Always => json!({ "Name": "always", "MaximumRetryCount": 0 }),
+        RestartPolicy::UnlessStopped => json!({ "Name": "unless-stopped", "MaximumRetryCount": 0 }),
+        RestartPolicy::OnFailure { max_retries } => {
+            json!({ "Name": "on-failure", "MaximumRetryCount": max_retries })
+        }
+    };
+    Ok(crate::http::json(
+        StatusCode::OK,
+        &json!({
+            "Id": c.id,
+            "Created": c.created,
+            "Path": path,
+            "Args": args,
+            "State": {
+                "Status": status,
+                "Running": status == "running",
+                "Paused": status == "paused",
+                "Restarting": status == "restarting",
+                "OOMKilled": false,
+                "Dead": status == "dead",
+                "Pid": c.state.pid,
+                "ExitCode": c.state.exit_code,
+                "Error": c.state.error,
+                "StartedAt": c.state.started_at.clone().unwrap_or_else(|| zero.clone()),
+                "FinishedAt": c.state.finished_at.clone().unwrap_or_else(|| zero.clone()),
+            },
+            "Image": c.image_id,
+            "ResolvConfPath": "",
+            "HostnamePath": "",
+            "HostsPath": "",
+            "LogPath": v.vm.files.join("output.log").to_string(),
+            "Name": format!("/{}", c.name),
+            "RestartCount": c.state.restart_count,
+            "Driver": "vsphere",
+            "Platform": "linux",
+            "MountLabel": "",
+            "ProcessLabel": "",
+            "AppArmorProfile": "",
+            "ExecIDs": null,
+            "HostConfig": {
+                "Binds": c.host_config.binds,
+                "NetworkMode": if c.host_config.network_mode.is_empty() { "default" } else { c.host_config.network_mode.as_str() },
+                "PortBindings": bindings,
+                "RestartPolicy": restart,
+                "AutoRemove": c.host_config.auto_remove,
+                "Memory": v.vm.memory_mb * 1024 * 1024,
+                "NanoCpus": c.host_config.nano_cpus,
+                "LogConfig": { "Type": "json-file", "Config": {} },
+            },
+            "GraphDriver": { "Name": "vsphere", "Data": { "Disk": v.vm.files.join(format!("{}.vmdk", c.id)).to_string() } },
+            "Mounts": [],
+            "Config": {
+                "Hostname": c.config.hostname,
+                "Domainname": c.config.domainname,
+                "User": c.config.user,
+                "AttachStdin": false,
+                "AttachStdout": false,
+                "AttachStderr": false,
+                "ExposedPorts": exposed,
+                "Tty": c.config.tty,
+                "OpenStdin": c.config.open_stdin,
+                "StdinOnce": c.config.stdin_once,
+                "Env": c.config.env,
+                "Cmd": c.config.cmd,
+                "Image": c.image,
+                "Volumes": null,
+                "WorkingDir": c.config.working_dir,
+                "Entrypoint": if c.config.entrypoint.is_empty() { Value::Null } else { json!(c.config.entrypoint) },
+                "OnBuild": null,
+                "Labels": c.config.labels,
+                "StopSignal": c.config.stop_signal,
+                "StopTimeout": c.config.stop_timeout,
+            },
+            "NetworkSettings": { "Networks": {}, "Ports": {} },
+            "VM": { "Reference": v.vm.reference.to_string(), "Name": v.vm.name, "PowerState": v.vm.power_state },
+        }),
+    ))
+}
+
+/// `DELETE /containers/{id}`.
+pub async fn remove(engine: &Engine, key: &str, q: &[(String, String)]) -> Result<Reply, Error> {
+    if matches!(query_get(q, "link"), Some("1" | "true")) {
+        return Err(Error::NotSupported(
+            "vic does not support container links".into(),
+        ));
+    }
+    let force = matches!(query_get(q, "force"), Some("1" | "true" | "True"));
+    engine.remove_container(key, force).await?;
+    Ok(crate::http::reply(StatusCode::NO_CONTENT, "text/plain", ""))
+}
+
+/// `POST /containers/{id}/rename`.
+pub async fn rename(engine: &Engine, key: &str, q: &[(String, String)]) -> Result<Reply, Error> {
+    let name = query_get(q, "name").unwrap_or_default();
+    engine.rename_container(key, name).await?;
+    Ok(crate::http::reply(StatusCode::NO_CONTENT, "text/plain", ""))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
