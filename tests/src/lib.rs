@@ -231,3 +231,31 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// stdout of a command that must have succeeded; panics with its output otherwise.
+pub fn ok(o: &Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what} failed: {}{}",
+        stdout(o),
+        stderr(o)
+    );
+    stdout(o)
+}
+
+/// Every entry of the simulator's image folders (`VIC/<vch>/images/*`: layers and
+/// temporary folders) under the state folder `state`, sorted.
+pub fn image_store_entries(state: &Path) -> Vec<PathBuf> {
+    let vic = state.join("datastores/LocalDS_0/VIC");
+    let mut out = Vec::new();
+    let Ok(vchs) = std::fs::read_dir(&vic) else {
+        return out;
+    };
+    for vch in vchs.flatten() {
+        if let Ok(images) = std::fs::read_dir(vch.path().join("images")) {
+            out.extend(images.flatten().map(|e| e.path()));
+        }
+    }
+    out.sort();
+    out
+}

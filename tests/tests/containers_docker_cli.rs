@@ -7,17 +7,7 @@ use std::path::Path;
 
 use vic_tests::fixtures::push_busybox;
 use vic_tests::registry::TestRegistry;
-use vic_tests::{Endpoint, docker, stderr, stdout};
-
-fn ok(o: &std::process::Output, what: &str) -> String {
-    assert!(
-        o.status.success(),
-        "{what} failed: {}{}",
-        stdout(o),
-        stderr(o)
-    );
-    stdout(o)
-}
+use vic_tests::{Endpoint, docker, ok, stderr};
 
 /// Container folders on the simulator's datastore (named by 64-hex ids).
 fn container_folders(state: &Path) -> Vec<String> {

@@ -2,36 +2,10 @@
 //! simulator's layer store, list, inspect, tag, remove, log in, and survive restarts.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-
 use vic_tests::fixtures::{push_busybox, push_multiarch, push_oci};
 use vic_tests::registry::TestRegistry;
 use vic_tests::token::TokenRegistry;
-use vic_tests::{Endpoint, docker, stderr, stdout};
-
-fn ok(o: &std::process::Output, what: &str) -> String {
-    assert!(
-        o.status.success(),
-        "{what} failed: {}{}",
-        stdout(o),
-        stderr(o)
-    );
-    stdout(o)
-}
-
-/// The layer folders in the simulator's image store.
-fn layer_dirs(state: &Path) -> Vec<PathBuf> {
-    let vic = state.join("datastores/LocalDS_0/VIC");
-    let mut out = Vec::new();
-    for vch in std::fs::read_dir(&vic).unwrap() {
-        let images = vch.unwrap().path().join("images");
-        for l in std::fs::read_dir(images).unwrap() {
-            out.push(l.unwrap().path());
-        }
-    }
-    out.sort();
-    out
-}
+use vic_tests::{Endpoint, docker, image_store_entries, ok, stderr, stdout};
 
 #[test]
 fn pull_list_inspect_restart_and_remove() {
@@ -96,7 +70,7 @@ fn pull_list_inspect_restart_and_remove() {
     assert_eq!(f[5], pushed.config_digest);
 
     // The layer is a disk with its unpacked tree in the VIC layout.
-    let layers = layer_dirs(&state);
+    let layers = image_store_entries(&state);
     assert_eq!(layers.len(), 1, "{layers:?}");
     let id = layers[0]
         .file_name()
@@ -139,9 +113,9 @@ fn pull_list_inspect_restart_and_remove() {
     );
     assert_eq!(list(&ep).trim(), "");
     assert!(
-        layer_dirs(&state).is_empty(),
+        image_store_entries(&state).is_empty(),
         "layers left: {:?}",
-        layer_dirs(&state)
+        image_store_entries(&state)
     );
 
     let missing = docker(&ep.host(), &["image", "inspect", &image]);

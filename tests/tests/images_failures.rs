@@ -8,24 +8,7 @@ use std::time::Duration;
 
 use vic_tests::fixtures::{EvilKind, push_bad_blob, push_busybox, push_evil};
 use vic_tests::registry::TestRegistry;
-use vic_tests::{Endpoint, docker, stderr, stdout, wait_until};
-
-/// Every entry under the simulator's image folders (layers, temporary folders).
-fn image_store_entries(state: &Path) -> Vec<PathBuf> {
-    let vic = state.join("datastores/LocalDS_0/VIC");
-    let mut out = Vec::new();
-    let Ok(vchs) = std::fs::read_dir(&vic) else {
-        return out;
-    };
-    for vch in vchs {
-        let images = vch.unwrap().path().join("images");
-        for l in std::fs::read_dir(images).unwrap() {
-            out.push(l.unwrap().path());
-        }
-    }
-    out.sort();
-    out
-}
+use vic_tests::{Endpoint, docker, image_store_entries, stderr, stdout, wait_until};
 
 /// Paths under `root` whose name starts with `prefix`.
 fn find_named(root: &Path, prefix: &str) -> Vec<PathBuf> {

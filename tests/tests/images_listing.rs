@@ -3,17 +3,7 @@
 
 use vic_tests::fixtures::{push_busybox, push_layered};
 use vic_tests::registry::TestRegistry;
-use vic_tests::{Endpoint, docker, stderr, stdout};
-
-fn ok(o: &std::process::Output, what: &str) -> String {
-    assert!(
-        o.status.success(),
-        "{what} failed: {}{}",
-        stdout(o),
-        stderr(o)
-    );
-    stdout(o)
-}
+use vic_tests::{Endpoint, docker, ok, stderr};
 
 #[test]
 fn filters_history_and_prune() {

@@ -4,17 +4,7 @@
 
 use vic_tests::fixtures::{image_tar_for_load, layered_image, push_layered};
 use vic_tests::registry::TestRegistry;
-use vic_tests::{Endpoint, docker, stderr, stdout};
-
-fn ok(o: &std::process::Output, what: &str) -> String {
-    assert!(
-        o.status.success(),
-        "{what} failed: {}{}",
-        stdout(o),
-        stderr(o)
-    );
-    stdout(o)
-}
+use vic_tests::{Endpoint, docker, ok, stderr, stdout};
 
 #[test]
 fn save_rmi_load_gives_back_the_same_image() {
