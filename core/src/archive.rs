@@ -313,6 +313,7 @@ impl Engine {
                 loaded.push(format!("Loaded image: {t}"));
             }
             info!(image = %id, "loaded");
+            self.events.emit("image", "load", &id, &[("name", &id)]);
         }
         Ok(loaded)
     }

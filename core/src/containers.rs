@@ -263,6 +263,12 @@ impl Engine {
         };
         self.backend.compute.create_vm(&spec).await?;
         info!(container = %id, %name, "container created");
+        self.events.emit(
+            "container",
+            "create",
+            &id,
+            &[("image", &container.image), ("name", &name)],
+        );
         Ok(id)
     }
 
@@ -300,7 +306,18 @@ impl Engine {
         self.backend
             .compute
             .reconfigure(&view.vm.reference, &change)
-            .await
+            .await?;
+        self.events.emit(
+            "container",
+            "rename",
+            &record.id,
+            &[
+                ("image", &record.image),
+                ("name", &record.name),
+                ("oldName", &format!("/{}", view.container.name)),
+            ],
+        );
+        Ok(())
     }
 
     /// Removes a container and its VM (with its read-write disk and log). A running
@@ -319,6 +336,15 @@ impl Engine {
         }
         self.backend.compute.destroy(&view.vm.reference).await?;
         info!(container = %id, "container removed");
+        self.events.emit(
+            "container",
+            "destroy",
+            id,
+            &[
+                ("image", &view.container.image),
+                ("name", &view.container.name),
+            ],
+        );
         Ok(())
     }
 }

@@ -101,6 +101,7 @@ pub struct Engine {
     pub(crate) auth_lock: tokio::sync::Mutex<()>,
     /// Serializes container creation and renames, so names stay unique.
     pub(crate) names_lock: tokio::sync::Mutex<()>,
+    pub(crate) events: crate::events::EventLog,
     started: SystemTime,
 }
 
@@ -135,6 +136,7 @@ impl Engine {
             registry: config.registry,
             auth_lock: tokio::sync::Mutex::new(()),
             names_lock: tokio::sync::Mutex::new(()),
+            events: Default::default(),
             started: SystemTime::now(),
         }))
     }

@@ -172,7 +172,10 @@ impl Engine {
                 m.insert(index_key(&r), id.clone());
                 Ok(())
             })
-            .await
+            .await?;
+        self.events
+            .emit("image", "tag", &id, &[("name", &r.to_string())]);
+        Ok(())
     }
 
     /// Containers (by id) whose VM uses image `id`, with whether they run.
@@ -196,6 +199,28 @@ impl Engine {
 
     /// Removes an image name, or the image itself, as `docker rmi` does.
     pub async fn remove_image(
+        &self,
+        name: &str,
+        force: bool,
+        prune: bool,
+    ) -> Result<Vec<RemovedImage>> {
+        let removed = self.remove_image_inner(name, force, prune).await?;
+        // The first deletion is the image; the ones after it are its layers.
+        let mut image_deleted = false;
+        for r in &removed {
+            match r {
+                RemovedImage::Untagged(n) => self.events.emit("image", "untag", n, &[("name", n)]),
+                RemovedImage::Deleted(d) if !image_deleted => {
+                    image_deleted = true;
+                    self.events.emit("image", "delete", d, &[("name", d)]);
+                }
+                RemovedImage::Deleted(_) => {}
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn remove_image_inner(
         &self,
         name: &str,
         force: bool,

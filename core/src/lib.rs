@@ -14,6 +14,7 @@ pub mod digest;
 pub mod dspath;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod ids;
 pub mod image_ops;
 pub mod images;

@@ -439,6 +439,12 @@ impl Engine {
         };
         send(PullEvent::status(None, status));
         info!(reference = %r, image = %id, "pulled");
+        self.events.emit(
+            "image",
+            "pull",
+            &r.to_string(),
+            &[("name", &r.familiar_name())],
+        );
         Ok(id)
     }
 

@@ -17,6 +17,10 @@ pub enum Op {
     Info,
     /// `POST /containers/create`.
     ContainerCreate,
+    /// `GET /events`.
+    Events,
+    /// `POST /containers/prune`.
+    ContainerPrune,
     /// `GET /containers/json`.
     ContainerList,
     /// `GET /containers/{id}/json`.
@@ -118,14 +122,14 @@ const ROUTES: &[(&str, &str, Op)] = &[
     ("HEAD", "/_ping", Op::Ping),
     ("GET", "/version", Op::Version),
     ("GET", "/info", Op::Info),
-    ("GET", "/events", Op::Unsupported),
+    ("GET", "/events", Op::Events),
     ("GET", "/system/df", Op::Unsupported),
     ("POST", "/auth", Op::Auth),
     ("POST", "/session", Op::Unsupported),
     // containers
     ("GET", "/containers/json", Op::ContainerList),
     ("POST", "/containers/create", Op::ContainerCreate),
-    ("POST", "/containers/prune", Op::Unsupported),
+    ("POST", "/containers/prune", Op::ContainerPrune),
     ("GET", "/containers/{}/json", Op::ContainerInspect),
     ("GET", "/containers/{}/top", Op::Unsupported),
     ("GET", "/containers/{}/logs", Op::Unsupported),

@@ -200,3 +200,115 @@ fn bad_input_leaves_nothing_behind() {
         "create after the fault",
     );
 }
+
+#[test]
+fn events_and_container_prune() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = TestRegistry::start(&dir.path().join("registry"), None);
+    let bb = push_busybox(&reg, "busybox", "latest");
+    let ep = Endpoint::start(
+        &dir.path().join("state"),
+        &["--insecure-registry", reg.addr()],
+    );
+    let h = ep.host();
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 1;
+    // A live listener sees what happens while it listens.
+    let live = vic_tests::docker_command(dir.path())
+        .args(["-H", &h, "events", "--format", "{{.Type}} {{.Action}}"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    ok(&docker(&h, &["pull", &bb.reference]), "pull");
+    ok(&docker(&h, &["tag", &bb.reference, "mine:1"]), "tag");
+    ok(
+        &docker(&h, &["create", "--name", "aa", &bb.reference]),
+        "create a",
+    );
+    ok(
+        &docker(
+            &h,
+            &[
+                "create",
+                "--name",
+                "bb",
+                "--label",
+                "keep=no",
+                &bb.reference,
+            ],
+        ),
+        "create b",
+    );
+    ok(&docker(&h, &["rename", "aa", "aa2"]), "rename");
+    let pruned = ok(
+        &docker(
+            &h,
+            &["container", "prune", "-f", "--filter", "label=keep=no"],
+        ),
+        "prune",
+    );
+    assert_eq!(
+        pruned
+            .lines()
+            .filter(|l| vic_core::ids::is_full_id(l.trim()))
+            .count(),
+        1,
+        "{pruned}"
+    );
+    assert_eq!(
+        ok(&docker(&h, &["ps", "-a", "--format", "{{.Names}}"]), "ps").trim(),
+        "aa2"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SIGTERM reaches docker through `timeout`, which forwards it (SIGKILL would not).
+    // SAFETY: kill(2) on a child we spawned and have not waited for.
+    unsafe { libc::kill(live.id() as i32, libc::SIGTERM) };
+    let live_out = live.wait_with_output().unwrap();
+    let live_text = String::from_utf8_lossy(&live_out.stdout);
+    for want in [
+        "image pull",
+        "image tag",
+        "container create",
+        "container rename",
+        "container destroy",
+    ] {
+        assert!(
+            live_text.contains(want),
+            "live events lack {want:?}: {live_text}"
+        );
+    }
+
+    // The past, between two times, with a filter.
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1;
+    let past = ok(
+        &docker(
+            &h,
+            &[
+                "events",
+                "--since",
+                &start.to_string(),
+                "--until",
+                &until.to_string(),
+                "--filter",
+                "type=container",
+                "--format",
+                "{{.Action}} {{.Actor.Attributes.name}}",
+            ],
+        ),
+        "events --since --until",
+    );
+    let lines: Vec<&str> = past.lines().collect();
+    assert_eq!(
+        lines,
+        vec!["create aa", "create bb", "rename aa2", "destroy bb"],
+        "{past}"
+    );
+}

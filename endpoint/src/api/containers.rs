@@ -602,6 +602,33 @@ pub async fn remove(engine: &Engine, key: &str, q: &[(String, String)]) -> Resul
     Ok(crate::http::reply(StatusCode::NO_CONTENT, "text/plain", ""))
 }
 
+/// `POST /containers/prune`: removes every container that does not run.
+pub async fn prune(engine: &Engine, q: &[(String, String)]) -> Result<Reply, Error> {
+    let f = super::filters::Filters::parse(query_get(q, "filters"), &["label", "until"])?;
+    if f.has("until") {
+        return Err(Error::NotSupported(
+            "vic does not support the until filter of container prune yet".into(),
+        ));
+    }
+    let mut deleted = Vec::new();
+    for v in engine.containers().await? {
+        if v.vm.power_state != vic_core::provider::PowerState::PoweredOff
+            || !f.labels_match(&v.container.config.labels)
+        {
+            continue;
+        }
+        engine.remove_container(&v.container.id, false).await?;
+        deleted.push(v.container.id);
+    }
+    Ok(crate::http::json(
+        StatusCode::OK,
+        &json!({
+            "ContainersDeleted": if deleted.is_empty() { Value::Null } else { json!(deleted) },
+            "SpaceReclaimed": 0,
+        }),
+    ))
+}
+
 /// `POST /containers/{id}/rename`.
 pub async fn rename(engine: &Engine, key: &str, q: &[(String, String)]) -> Result<Reply, Error> {
     let name = query_get(q, "name").unwrap_or_default();

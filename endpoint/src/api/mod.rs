@@ -2,6 +2,7 @@
 //! renders the engine's answers as Docker's JSON.
 
 pub mod containers;
+pub mod events;
 pub mod filters;
 pub mod images;
 pub mod pull;
