@@ -199,7 +199,9 @@ cmd_registry_start() {
         docker-registry serve "$dir/config.yml" </dev/null >>"$dir/registry.log" 2>&1 &
         pid=$!
         for ((i = 0; i < timeout_s * 10; i++)); do
-            if ! alive "$pid" "$dir/"; then
+            # Our own child, seconds old: kill -0 is enough here (its cmdline may still
+            # be this script's until it has exec'd docker-registry).
+            if ! kill -0 "$pid" 2>/dev/null; then
                 break
             fi
             code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$port/v2/" || true)
@@ -259,7 +261,7 @@ cmd_vcsim_start() {
             cat "$dir/info.json"
             return 0
         fi
-        alive "$pid" "$dir/" || break
+        kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
     if alive "$pid" "$dir/"; then

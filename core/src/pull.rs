@@ -94,11 +94,12 @@ pub trait Registry: Send + Sync + Debug {
         received: Arc<AtomicU64>,
         to: &std::path::Path,
     ) -> Result<()>;
-    /// A downloaded blob as its uncompressed tar stream (diff id checked at its end).
+    /// A blob being downloaded (or downloaded) as its uncompressed tar stream (diff id
+    /// checked at its end).
     fn open_downloaded(
         &self,
         layer: &RemoteLayer,
-        blob: std::fs::File,
+        blob: Box<dyn Read + Send>,
     ) -> Result<Box<dyn Read + Send>>;
     /// Checks credentials against a registry (`docker login`).
     async fn login(&self, registry: &str, auth: &RegistryAuth) -> Result<()>;
@@ -121,6 +122,76 @@ impl PullEvent {
             id: id.map(str::to_string),
             status: status.into(),
             progress: None,
+        }
+    }
+}
+
+/// A layer downloading into a spool file: the task, the file, and how far it got.
+type Download = (
+    tokio::task::JoinHandle<Result<()>>,
+    std::path::PathBuf,
+    Arc<SpoolState>,
+);
+
+/// How far a spool file has been written, and how its download ended.
+struct SpoolState {
+    /// Bytes in the file.
+    received: Arc<AtomicU64>,
+    /// `Some` once the download ended: `Ok` complete and verified, or why it failed.
+    end: std::sync::Mutex<Option<std::result::Result<(), String>>>,
+    changed: std::sync::Condvar,
+}
+
+impl SpoolState {
+    fn finish(&self, end: std::result::Result<(), String>) {
+        let mut e = self.end.lock().unwrap_or_else(|p| p.into_inner());
+        if e.is_none() {
+            *e = Some(end);
+        }
+        self.changed.notify_all();
+    }
+}
+
+/// Reads a spool file while its download still writes it: waits for more bytes, ends
+/// only when the download ended complete (and verified), fails when it failed.
+struct GrowingReader {
+    file: std::fs::File,
+    pos: u64,
+    state: Arc<SpoolState>,
+}
+
+impl Read for GrowingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let avail = self
+                .state
+                .received
+                .load(Ordering::Acquire)
+                .saturating_sub(self.pos);
+            if avail > 0 && !buf.is_empty() {
+                let want = buf.len().min(usize::try_from(avail).unwrap_or(usize::MAX));
+                let n = self.file.read(&mut buf[..want])?;
+                if n > 0 {
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+            }
+            let end = self.state.end.lock().unwrap_or_else(|p| p.into_inner());
+            match &*end {
+                Some(Err(m)) => return Err(std::io::Error::other(m.clone())),
+                Some(Ok(())) if self.state.received.load(Ordering::Acquire) <= self.pos => {
+                    return Ok(0);
+                }
+                Some(Ok(())) => continue,
+                None => {
+                    // Woken by the end of the download, or polled for new bytes.
+                    let _ = self
+                        .state
+                        .changed
+                        .wait_timeout(end, Duration::from_millis(20))
+                        .unwrap_or_else(|p| p.into_inner());
+                }
+            }
         }
     }
 }
@@ -302,31 +373,41 @@ impl Engine {
             let (registry, r, l, auth) = (registry.clone(), r.clone(), l.clone(), auth.cloned());
             let (slots, received) = (slots.clone(), counters[i].clone());
             let path = spool.path().join(format!("layer-{i}"));
+            std::fs::File::create(&path).map_err(|e| Error::io("create a layer spool file", e))?;
+            let growing = Arc::new(SpoolState {
+                received: received.clone(),
+                end: std::sync::Mutex::new(None),
+                changed: std::sync::Condvar::new(),
+            });
             let events = events.clone();
-            downloads.insert(
-                i,
-                tokio::spawn(async move {
+            let state = growing.clone();
+            let job_path = path.clone();
+            let job = tokio::spawn(async move {
+                let result = async {
                     let _slot = slots
                         .acquire_owned()
                         .await
                         .map_err(|_| Error::Internal("download slots closed".into()))?;
                     registry
-                        .download_layer(&r, &l, auth.as_ref(), received, &path)
-                        .await?;
+                        .download_layer(&r, &l, auth.as_ref(), received, &job_path)
+                        .await
+                }
+                .await;
+                if result.is_ok() {
                     for s in ["Verifying Checksum", "Download complete"] {
                         let _ = events.send(PullEvent::status(Some(&short(&l.digest)), s));
                     }
-                    Ok::<_, Error>(path)
-                }),
-            );
+                }
+                state.finish(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                result
+            });
+            downloads.insert(i, (job, path, growing));
         }
-        let stop_all = |downloads: &std::collections::BTreeMap<
-            usize,
-            tokio::task::JoinHandle<Result<std::path::PathBuf>>,
-        >,
+        let stop_all = |downloads: &std::collections::BTreeMap<usize, Download>,
                         tickers: &[tokio::task::JoinHandle<()>]| {
-            for d in downloads.values() {
-                d.abort();
+            for (job, _, state) in downloads.values() {
+                job.abort();
+                state.finish(Err("pull stopped".into()));
             }
             for t in tickers {
                 t.abort();
@@ -339,15 +420,21 @@ impl Engine {
                 continue;
             }
             let sid = short(&l.digest);
-            let content = match downloads.remove(&i) {
+            // A layer downloading meanwhile is unpacked from its spool file as it grows.
+            let content = match downloads.get(&i) {
                 None => registry.open_layer(r, l, auth, counters[i].clone()).await,
-                Some(job) => match job.await {
-                    Ok(Ok(path)) => std::fs::File::open(&path)
-                        .map_err(|e| Error::io("open a downloaded layer", e))
-                        .and_then(|f| registry.open_downloaded(l, f)),
-                    Ok(Err(e)) => Err(e),
-                    Err(e) => Err(Error::Internal(format!("layer download failed: {e}"))),
-                },
+                Some((_, path, state)) => std::fs::File::open(path)
+                    .map_err(|e| Error::io("open a layer spool file", e))
+                    .and_then(|file| {
+                        registry.open_downloaded(
+                            l,
+                            Box::new(GrowingReader {
+                                file,
+                                pos: 0,
+                                state: state.clone(),
+                            }),
+                        )
+                    }),
             };
             let content = match content {
                 Ok(c) => c,

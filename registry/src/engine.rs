@@ -107,26 +107,30 @@ impl Registry for RegistryClient {
         let mut blob = self
             .blob(reference, &digest, Some(layer.size), creds(auth).as_ref())
             .await?;
-        let mut f = tokio::fs::File::create(to)
+        let mut f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(to)
             .await
-            .map_err(|e| Error::io("create a layer spool file", e))?;
+            .map_err(|e| Error::io("open a layer spool file", e))?;
         // Each chunk is checked as it comes; the last call fails on a digest mismatch.
+        // A chunk counts as received once it is in the file, for readers of the file.
         while let Some(chunk) = blob.next_chunk().await? {
             f.write_all(&chunk)
                 .await
                 .map_err(|e| Error::io("write a layer spool file", e))?;
-            received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            f.flush()
+                .await
+                .map_err(|e| Error::io("write a layer spool file", e))?;
+            received.fetch_add(chunk.len() as u64, Ordering::Release);
         }
-        f.flush()
-            .await
-            .map_err(|e| Error::io("write a layer spool file", e))?;
         Ok(())
     }
 
     fn open_downloaded(
         &self,
         layer: &RemoteLayer,
-        blob: std::fs::File,
+        blob: Box<dyn Read + Send>,
     ) -> Result<Box<dyn Read + Send>> {
         let diff_id = Digest::parse(&layer.diff_id)?;
         let compression = Compression::from_media_type(&layer.media_type)?;
