@@ -8,6 +8,7 @@
 //! `stop` (the update is in progress); it reports back later, from its own threads or
 //! tasks, through a [`crate::WeakSimulator`].
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +31,32 @@ pub trait GuestRunner: Send + Sync + Debug {
         let _ = (host, vm);
         Ok(())
     }
+
+    /// What the guest of `vm` is doing now, for [`crate::Simulator::reconcile_guests`].
+    /// Called inside an update like `start` and `stop`, so it must be quick and must
+    /// not call back into the simulator. The default tracks no guest.
+    fn check(&self, host: &GuestHost, vm: &VmInfo) -> GuestCheck {
+        let _ = (host, vm);
+        GuestCheck::Untracked
+    }
+
+    /// Releases what the guest of `vm` held on the host (mounts) after it ended by
+    /// itself; called when the simulator powers the VM off for it, instead of `stop`.
+    fn release(&self, host: &GuestHost, vm: &VmInfo) -> Result<()> {
+        let _ = (host, vm);
+        Ok(())
+    }
+}
+
+/// What a [`GuestRunner`] knows of a VM's guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuestCheck {
+    /// The runner has no guest for this VM (it never started one, or tracks none).
+    Untracked,
+    /// The guest runs; these are the extraConfig keys it reports now.
+    Running(BTreeMap<String, String>),
+    /// The guest has ended; these are its last extraConfig keys (its exit status).
+    Exited(BTreeMap<String, String>),
 }
 
 /// The runner that runs nothing: VMs only change their power state.

@@ -24,6 +24,7 @@ pub mod guest;
 mod host;
 pub mod inventory;
 mod network;
+pub mod runner;
 mod sim;
 mod storage;
 #[cfg(test)]
@@ -31,6 +32,7 @@ mod testutil;
 mod vmdk;
 
 pub use faults::{Fault, Faults};
-pub use guest::{GuestHost, GuestRunner, NoGuest};
+pub use guest::{GuestCheck, GuestHost, GuestRunner, NoGuest};
 pub use inventory::{Event, Inventory, ManagedObject, ObjectData, TaskInfo, TaskState};
-pub use sim::{INVENTORY_FILE, LOCK_FILE, PRODUCT, Simulator, WeakSimulator};
+pub use runner::TetherRunner;
+pub use sim::{INVENTORY_FILE, LOCK_FILE, PRODUCT, RECONCILE_INTERVAL, Simulator, WeakSimulator};

@@ -22,7 +22,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,7 +32,7 @@ use vic_core::provider::{Backend, VmUpdates};
 use vic_core::{DsPath, Error, MoRef, Result};
 
 use crate::faults::{ENV_VAR, Fault, Faults};
-use crate::guest::{GuestHost, GuestRunner, NoGuest};
+use crate::guest::{GuestCheck, GuestHost, GuestRunner, NoGuest};
 use crate::host::{self, Roots, ds_io};
 use crate::inventory::{Event, HostFacts, Inventory, TaskInfo, TaskRecord, TaskState, VmRecord};
 
@@ -49,6 +49,8 @@ const ORIGIN_SUFFIX: &str = ".origin";
 pub(crate) const TMP_MARK: &str = ".vic-tmp-";
 /// MHz per core of the default host.
 const DEFAULT_CPU_MHZ: u64 = 2000;
+/// How often the background task of [`Simulator::set_guest_runner`] reconciles guests.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Milliseconds since the epoch.
 pub(crate) fn now_ms() -> u64 {
@@ -85,6 +87,7 @@ pub(crate) struct Inner {
     faults: Faults,
     watch: watch::Sender<u64>,
     guest: RwLock<Arc<dyn GuestRunner>>,
+    reconciler: AtomicBool,
     seq: AtomicU64,
 }
 
@@ -169,6 +172,7 @@ impl Simulator {
                 faults,
                 watch,
                 guest: RwLock::new(Arc::new(NoGuest)),
+                reconciler: AtomicBool::new(false),
                 seq: AtomicU64::new(0),
             }),
         })
@@ -244,13 +248,142 @@ impl Simulator {
         self.inner.roots.resolve(path, true)
     }
 
-    /// Replaces the guest runner that powering on and off calls.
+    /// Replaces the guest runner that powering on and off calls, and starts (once per
+    /// simulator) the background task that runs [`Simulator::reconcile_guests`] right
+    /// away and then every [`RECONCILE_INTERVAL`]. The task holds the simulator only
+    /// while it reconciles and ends once the simulator is dropped. It runs on the
+    /// current tokio runtime, or on a thread of its own when there is none.
     pub fn set_guest_runner(&self, runner: Arc<dyn GuestRunner>) {
         *self
             .inner
             .guest
             .write()
             .unwrap_or_else(PoisonError::into_inner) = runner;
+        if self.inner.reconciler.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let weak = self.downgrade();
+        let body = async move {
+            loop {
+                match weak.upgrade() {
+                    None => break,
+                    Some(sim) => {
+                        if let Err(e) = sim.reconcile_guests().await {
+                            warn!(error = %e, "cannot reconcile guests");
+                        }
+                    }
+                }
+                tokio::time::sleep(RECONCILE_INTERVAL).await;
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(body);
+            }
+            Err(_) => {
+                let started = std::thread::Builder::new()
+                    .name("vic-sim-guests".into())
+                    .spawn(move || {
+                        match tokio::runtime::Builder::new_current_thread()
+                            .enable_time()
+                            .build()
+                        {
+                            Ok(rt) => rt.block_on(body),
+                            Err(e) => warn!(error = %e, "cannot start the guest reconciler"),
+                        }
+                    });
+                if let Err(e) = started {
+                    warn!(error = %e, "cannot start the guest reconciler");
+                    self.inner.reconciler.store(false, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    /// Brings the inventory in line with what the guest runner sees: a powered-on VM
+    /// whose guest ended by itself is powered off (without calling the runner's `stop`;
+    /// its `release` runs instead) with the guest's last keys (its exit status) merged
+    /// into extraConfig; keys a running guest reports, or an ended guest reported after
+    /// the VM was powered off, are merged; a guest that still runs for a powered-off VM
+    /// (left by a crash between starting it and recording the power-on) is stopped.
+    /// Each change goes through the update path (operations `GuestPowerOff`,
+    /// `GuestInfoUpdate`, `GuestOrphanStop`). Returns how many VMs it powered off.
+    ///
+    /// The background task of [`Simulator::set_guest_runner`] calls it; an endpoint
+    /// that has just opened the simulator and set its runner may await it once, so
+    /// that exits of guests that ended while no endpoint ran are recorded before it
+    /// serves anything.
+    pub async fn reconcile_guests(&self) -> Result<usize> {
+        let (runner, gh) = {
+            let r = self
+                .inner
+                .guest
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            (r, self.inner.guest_host())
+        };
+        let inv = self.snapshot();
+        let vms: Vec<_> = inv
+            .vms()
+            .iter()
+            .filter_map(|(id, _, _)| inv.vm_info(id))
+            .collect();
+        drop(inv);
+        let mut powered_off = 0;
+        for vm in vms {
+            let action = guest_action(&vm, runner.check(&gh, &vm));
+            if action == GuestAction::Nothing {
+                continue;
+            }
+            let op = match action {
+                GuestAction::PowerOff(_) => "GuestPowerOff",
+                GuestAction::Merge(_) => "GuestInfoUpdate",
+                GuestAction::StopOrphan | GuestAction::Nothing => "GuestOrphanStop",
+            };
+            let done = self
+                .update(op, Some(&vm.reference), |txn| {
+                    // Again under the writer lock: a power operation may have run since.
+                    let Some(now) = txn.inv().vm_info(&vm.reference.value) else {
+                        return Ok(false);
+                    };
+                    let (runner, gh) = txn.guest();
+                    match guest_action(&now, runner.check(&gh, &now)) {
+                        GuestAction::Nothing => Ok(false),
+                        GuestAction::StopOrphan => {
+                            runner.stop(&gh, &now)?;
+                            Ok(false)
+                        }
+                        GuestAction::Merge(keys) => {
+                            let rec = txn.touch_vm(&vm.reference.value)?;
+                            rec.extra_config.extend(keys);
+                            Ok(false)
+                        }
+                        GuestAction::PowerOff(keys) => {
+                            let rec = txn.touch_vm(&vm.reference.value)?;
+                            rec.power_state = vic_core::provider::PowerState::PoweredOff;
+                            rec.extra_config.extend(keys);
+                            let info = txn.inv().vm_info(&vm.reference.value).ok_or_else(|| {
+                                Error::not_found("vm", vm.reference.value.clone())
+                            })?;
+                            runner.release(&gh, &info)?;
+                            let (host, dc) = vm_place(txn.inv(), &vm.reference.value);
+                            txn.event(
+                                "VmPoweredOffEvent",
+                                &vm.reference.value,
+                                format!("{} on {host} in {dc} is powered off", now.name),
+                            );
+                            Ok(true)
+                        }
+                    }
+                })
+                .await?;
+            if done {
+                debug!(vm = %vm.name, "guest ended by itself: powered off");
+                powered_off += 1;
+            }
+        }
+        Ok(powered_off)
     }
 
     /// What a guest runner may use of the host side.
@@ -304,6 +437,53 @@ impl Simulator {
         }
         self.inner.run(&task, f)
     }
+}
+
+/// What [`Simulator::reconcile_guests`] does about one VM.
+#[derive(Debug, PartialEq, Eq)]
+enum GuestAction {
+    Nothing,
+    /// Power the VM off and merge these keys.
+    PowerOff(std::collections::BTreeMap<String, String>),
+    /// Merge these keys (only the ones that differ).
+    Merge(std::collections::BTreeMap<String, String>),
+    /// Stop a guest that runs for a powered-off VM.
+    StopOrphan,
+}
+
+fn guest_action(vm: &vic_core::provider::VmInfo, check: GuestCheck) -> GuestAction {
+    use vic_core::provider::PowerState;
+    let changed = |keys: std::collections::BTreeMap<String, String>| {
+        keys.into_iter()
+            .filter(|(k, v)| vm.extra_config.get(k) != Some(v))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    match (vm.power_state, check) {
+        (_, GuestCheck::Untracked) => GuestAction::Nothing,
+        (PowerState::PoweredOn, GuestCheck::Exited(keys)) => GuestAction::PowerOff(changed(keys)),
+        (PowerState::PoweredOff, GuestCheck::Running(_)) => GuestAction::StopOrphan,
+        (_, GuestCheck::Running(keys) | GuestCheck::Exited(keys)) => {
+            let keys = changed(keys);
+            if keys.is_empty() {
+                GuestAction::Nothing
+            } else {
+                GuestAction::Merge(keys)
+            }
+        }
+    }
+}
+
+/// The names of the host and the datacenter of VM `vm_id`, for event messages.
+fn vm_place(inv: &Inventory, vm_id: &str) -> (String, String) {
+    let name = |id: Option<&str>| {
+        id.and_then(|i| inv.object(i))
+            .map(|o| o.name.clone())
+            .unwrap_or_default()
+    };
+    let vm = inv.object(vm_id).and_then(|o| o.data.vm());
+    let host = vm.and_then(|v| v.host.as_deref());
+    let dc = vm.and_then(|v| inv.enclosing(&v.pool.value, crate::inventory::kinds::DATACENTER));
+    (name(host), name(dc))
 }
 
 impl Inner {
