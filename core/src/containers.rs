@@ -17,6 +17,7 @@ use crate::provider::{
 };
 use crate::reference::Reference;
 use crate::{DsPath, Error, Result};
+use vic_tether::protocol::{GuestConfig, GuestStatus, STATUS_KEY, Session};
 
 /// vCPUs of a container VM when the request sets none (VIC's default).
 pub const DEFAULT_CPUS: u32 = 2;
@@ -77,6 +78,43 @@ fn merge_image_config(req: &mut CreateContainer, image: &ImageConfig) {
     }
 }
 
+/// Docker's PATH when neither the image nor the request sets one.
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What the guest needs to run the container, as the tether reads it.
+fn guest_config(c: &Container) -> GuestConfig {
+    let mut argv = c.config.entrypoint.iter().chain(&c.config.cmd).cloned();
+    let path = argv.next().unwrap_or_default();
+    let mut env = c.config.env.clone();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, DEFAULT_PATH.to_string());
+    }
+    if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
+        env.push(format!("HOSTNAME={}", c.config.hostname));
+    }
+    GuestConfig {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        hostname: c.config.hostname.clone(),
+        domainname: c.config.domainname.clone(),
+        session: Session {
+            path,
+            args: argv.collect(),
+            env,
+            dir: c.config.working_dir.clone(),
+            user: c.config.user.clone(),
+            tty: c.config.tty,
+            open_stdin: c.config.open_stdin,
+            stdin_once: c.config.stdin_once,
+            stop_signal: c.config.stop_signal.clone().unwrap_or_default(),
+            attach_wait: false,
+        },
+        mounts: Vec::new(),
+        resolv_conf: None,
+        hosts: None,
+    }
+}
+
 /// The container recorded on `vm`, with its state derived from the VM.
 fn container_of(vm: &VmInfo) -> Option<Container> {
     let raw = vm.extra_config.get(keys::CONTAINER)?;
@@ -85,12 +123,25 @@ fn container_of(vm: &VmInfo) -> Option<Container> {
     if let Some(name) = vm.extra_config.get(keys::CONTAINER_NAME) {
         c.name = name.clone();
     }
+    let status = GuestStatus::from_keys(&vm.extra_config).ok().flatten();
+    if let Some(st) = &status {
+        let fmt =
+            |t: &Option<SystemTime>| t.map(|t| humantime::format_rfc3339_nanos(t).to_string());
+        c.state.started_at = fmt(&st.started_at).or(c.state.started_at);
+        c.state.finished_at = fmt(&st.finished_at);
+        c.state.exit_code = st.exit_code.unwrap_or(0);
+        c.state.pid = st.pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
+        c.state.error = st.error.clone().unwrap_or_default();
+    }
     c.state.status = match vm.power_state {
         PowerState::PoweredOn => ContainerStatus::Running,
         PowerState::Suspended => ContainerStatus::Paused,
-        PowerState::PoweredOff if c.state.started_at.is_some() => ContainerStatus::Exited,
+        PowerState::PoweredOff if status.is_some() => ContainerStatus::Exited,
         PowerState::PoweredOff => ContainerStatus::Created,
     };
+    if c.state.status != ContainerStatus::Running {
+        c.state.pid = 0;
+    }
     Some(c)
 }
 
@@ -205,7 +256,7 @@ impl Engine {
             vm: None,
         };
         let folder = DsPath::new(self.vch.store.datastore.clone(), &id);
-        let spec = VmSpec {
+        let mut spec = VmSpec {
             name: format!("{name}-{}", ids::short_id(&id)),
             pool: self.vch.pool.reference.clone(),
             files: folder.clone(),
@@ -261,6 +312,7 @@ impl Engine {
             ]),
             annotation: format!("vic container {name} ({})", container.image),
         };
+        spec.extra_config.extend(guest_config(&container).to_keys());
         self.backend.compute.create_vm(&spec).await?;
         info!(container = %id, %name, "container created");
         self.events.emit(
@@ -270,6 +322,106 @@ impl Engine {
             &[("image", &container.image), ("name", &name)],
         );
         Ok(id)
+    }
+
+    /// Starts a container: powers its VM on, whose guest runs the process. `false` when
+    /// it already runs (Docker's 304).
+    pub async fn start_container(&self, key: &str) -> Result<bool> {
+        let view = self.container(key).await?;
+        if view.vm.power_state == PowerState::PoweredOn {
+            return Ok(false);
+        }
+        // The last run's status must not pass for this run's.
+        if view.vm.extra_config.contains_key(STATUS_KEY) {
+            let change = VmChange {
+                extra_config: BTreeMap::from([(STATUS_KEY.to_string(), None)]),
+                ..Default::default()
+            };
+            self.backend
+                .compute
+                .reconfigure(&view.vm.reference, &change)
+                .await?;
+        }
+        self.backend.compute.power_on(&view.vm.reference).await?;
+        let c = &view.container;
+        self.events.emit(
+            "container",
+            "start",
+            &c.id,
+            &[("image", &c.image), ("name", &c.name)],
+        );
+        Ok(true)
+    }
+
+    /// Stops a container: its VM powers off, the guest gets its stop signal, then is
+    /// killed after the runner's grace period. `false` when it was not running (304).
+    pub async fn stop_container(&self, key: &str) -> Result<bool> {
+        let view = self.container(key).await?;
+        if view.vm.power_state != PowerState::PoweredOn {
+            return Ok(false);
+        }
+        self.backend.compute.power_off(&view.vm.reference).await?;
+        let c = &view.container;
+        self.events.emit(
+            "container",
+            "stop",
+            &c.id,
+            &[("image", &c.image), ("name", &c.name)],
+        );
+        Ok(true)
+    }
+
+    /// Waits until a container is not running and returns its exit code.
+    pub async fn wait_container(&self, key: &str) -> Result<i32> {
+        let id = self.container(key).await?.container.id;
+        let mut version = 0;
+        let mut off_since: Option<std::time::Instant> = None;
+        loop {
+            let view = self.container(&id).await?;
+            if view.vm.power_state == PowerState::PoweredOff {
+                // After a power off the guest's final status arrives a moment later
+                // (the runner reconciles it); a guest that never ran has none.
+                let status = GuestStatus::from_keys(&view.vm.extra_config).ok().flatten();
+                let settled = status
+                    .as_ref()
+                    .is_none_or(|s| s.state == vic_tether::protocol::GuestState::Exited);
+                let waited = off_since
+                    .get_or_insert_with(std::time::Instant::now)
+                    .elapsed();
+                if settled || waited > std::time::Duration::from_secs(15) {
+                    return Ok(view.container.state.exit_code);
+                }
+            }
+            let updates = self
+                .backend
+                .compute
+                .wait_for_updates(version, std::time::Duration::from_secs(5))
+                .await?;
+            version = updates.version;
+        }
+    }
+
+    /// The container and its log records (`output.log` in its datastore folder).
+    pub async fn container_logs(
+        &self,
+        key: &str,
+    ) -> Result<(Container, Vec<vic_tether::logs::Record>)> {
+        let view = self.container(key).await?;
+        let path = view.vm.files.join("output.log");
+        let bytes = if self.backend.storage.exists(&path).await? {
+            self.backend.storage.read_file(&path).await?
+        } else {
+            Vec::new()
+        };
+        let mut reader = vic_tether::logs::Reader::new(&bytes[..]);
+        let mut out = Vec::new();
+        while let Some(r) = reader
+            .next_record()
+            .map_err(|e| Error::Internal(format!("unreadable log of {}: {e}", view.container.id)))?
+        {
+            out.push(r);
+        }
+        Ok((view.container, out))
     }
 
     /// Renames a container.

@@ -79,6 +79,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     pool.path
                 }
             };
+            // Container VMs' guests are the real tether in Linux namespaces; guests that
+            // ended while no endpoint ran are reconciled before serving.
+            sim.set_guest_runner(std::sync::Arc::new(vic_simulator::TetherRunner::new()));
+            sim.reconcile_guests().await?;
             info!(state = %dir.display(), "simulator opened");
             (sim.backend(), pool_path)
         }

@@ -29,6 +29,14 @@ pub enum Op {
     ContainerDelete,
     /// `POST /containers/{id}/rename`.
     ContainerRename,
+    /// `POST /containers/{id}/start`.
+    ContainerStart,
+    /// `POST /containers/{id}/stop`.
+    ContainerStop,
+    /// `POST /containers/{id}/wait`.
+    ContainerWait,
+    /// `GET /containers/{id}/logs`.
+    ContainerLogs,
     /// `GET /images/json`.
     ImageList,
     /// `GET /images/{name}/json`.
@@ -132,13 +140,13 @@ const ROUTES: &[(&str, &str, Op)] = &[
     ("POST", "/containers/prune", Op::ContainerPrune),
     ("GET", "/containers/{}/json", Op::ContainerInspect),
     ("GET", "/containers/{}/top", Op::Unsupported),
-    ("GET", "/containers/{}/logs", Op::Unsupported),
+    ("GET", "/containers/{}/logs", Op::ContainerLogs),
     ("GET", "/containers/{}/changes", Op::Unsupported),
     ("GET", "/containers/{}/export", Op::Unsupported),
     ("GET", "/containers/{}/stats", Op::Unsupported),
     ("POST", "/containers/{}/resize", Op::Unsupported),
-    ("POST", "/containers/{}/start", Op::Unsupported),
-    ("POST", "/containers/{}/stop", Op::Unsupported),
+    ("POST", "/containers/{}/start", Op::ContainerStart),
+    ("POST", "/containers/{}/stop", Op::ContainerStop),
     ("POST", "/containers/{}/restart", Op::Unsupported),
     ("POST", "/containers/{}/kill", Op::Unsupported),
     ("POST", "/containers/{}/update", Op::Unsupported),
@@ -147,7 +155,7 @@ const ROUTES: &[(&str, &str, Op)] = &[
     ("POST", "/containers/{}/unpause", Op::Unsupported),
     ("POST", "/containers/{}/attach", Op::Unsupported),
     ("GET", "/containers/{}/attach/ws", Op::Unsupported),
-    ("POST", "/containers/{}/wait", Op::Unsupported),
+    ("POST", "/containers/{}/wait", Op::ContainerWait),
     ("DELETE", "/containers/{}", Op::ContainerDelete),
     ("HEAD", "/containers/{}/archive", Op::Unsupported),
     ("GET", "/containers/{}/archive", Op::Unsupported),
@@ -353,8 +361,8 @@ mod tests {
             (r.op, r.params),
             (Op::ContainerInspect, vec!["abc".to_string()])
         );
-        let r = route("POST", "/containers/abc/start").unwrap();
-        assert_eq!((r.op, r.pattern), (Op::Unsupported, "/containers/{}/start"));
+        let r = route("POST", "/containers/abc/kill").unwrap();
+        assert_eq!((r.op, r.pattern), (Op::Unsupported, "/containers/{}/kill"));
         let r = route("GET", "/images/127.0.0.1:5000/lib/busybox/json").unwrap();
         assert_eq!(r.params, vec!["127.0.0.1:5000/lib/busybox".to_string()]);
         assert_eq!(

@@ -629,6 +629,118 @@ pub async fn prune(engine: &Engine, q: &[(String, String)]) -> Result<Reply, Err
     ))
 }
 
+/// `POST /containers/{id}/start`: 204, or 304 when it already runs.
+pub async fn start(engine: &Engine, key: &str) -> Result<Reply, Error> {
+    let status = if engine.start_container(key).await? {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_MODIFIED
+    };
+    Ok(crate::http::reply(status, "text/plain", ""))
+}
+
+/// `POST /containers/{id}/stop`: 204, or 304 when it was not running. The guest gets
+/// its stop signal and is killed after the runner's grace period; a per-call `t` other
+/// than the default is not supported yet.
+pub async fn stop(engine: &Engine, key: &str, q: &[(String, String)]) -> Result<Reply, Error> {
+    if let Some(t) = query_get(q, "t").filter(|t| !t.is_empty() && *t != "10") {
+        return Err(Error::NotSupported(format!(
+            "vic does not support a stop timeout other than 10 seconds yet (t={t})"
+        )));
+    }
+    let status = if engine.stop_container(key).await? {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_MODIFIED
+    };
+    Ok(crate::http::reply(status, "text/plain", ""))
+}
+
+/// `POST /containers/{id}/wait` (condition `not-running`, the default).
+pub async fn wait(engine: &Engine, key: &str, q: &[(String, String)]) -> Result<Reply, Error> {
+    match query_get(q, "condition").unwrap_or("not-running") {
+        "" | "not-running" => {}
+        other => {
+            return Err(Error::NotSupported(format!(
+                "vic does not support the wait condition {other:?} yet"
+            )));
+        }
+    }
+    let code = engine.wait_container(key).await?;
+    Ok(crate::http::json(
+        StatusCode::OK,
+        &json!({ "StatusCode": code, "Error": null }),
+    ))
+}
+
+/// `GET /containers/{id}/logs` (stdout, stderr, timestamps, tail, since, until); the
+/// multiplexed stream framing without a TTY, raw with one.
+pub async fn logs(engine: &Engine, key: &str, q: &[(String, String)]) -> Result<Reply, Error> {
+    let flag = |k: &str| matches!(query_get(q, k), Some("1" | "true" | "True"));
+    if flag("follow") {
+        return Err(Error::NotSupported(
+            "vic does not support docker logs --follow yet".into(),
+        ));
+    }
+    let (out, err, stamps) = (flag("stdout"), flag("stderr"), flag("timestamps"));
+    if !out && !err {
+        return Err(Error::InvalidArgument(
+            "Bad parameters: you must choose at least one stream".into(),
+        ));
+    }
+    let time = |k: &str| -> Result<Option<u64>, Error> {
+        match query_get(q, k).filter(|v| !v.is_empty() && *v != "0") {
+            None => Ok(None),
+            Some(v) => {
+                let secs: f64 = v
+                    .parse()
+                    .map_err(|_| Error::InvalidArgument(format!("invalid {k} {v:?}")))?;
+                Ok(Some((secs * 1e9) as u64))
+            }
+        }
+    };
+    let (since, until) = (time("since")?, time("until")?);
+    let (c, records) = engine.container_logs(key).await?;
+    use vic_tether::logs::Stream;
+    let mut kept: Vec<_> = records
+        .into_iter()
+        .filter(|r| match r.stream {
+            Stream::Stdout => out,
+            Stream::Stderr => err,
+        })
+        .filter(|r| since.is_none_or(|s| r.nanos >= s) && until.is_none_or(|u| r.nanos <= u))
+        .collect();
+    if let Some(n) = query_get(q, "tail").filter(|t| *t != "all" && !t.is_empty()) {
+        let n: usize = n
+            .parse()
+            .map_err(|_| Error::InvalidArgument(format!("invalid tail {n:?}")))?;
+        let skip = kept.len().saturating_sub(n);
+        kept.drain(..skip);
+    }
+    let mut body = Vec::new();
+    for r in kept {
+        let mut data = Vec::new();
+        if stamps {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(r.nanos);
+            data.extend_from_slice(humantime::format_rfc3339_nanos(t).to_string().as_bytes());
+            data.push(b' ');
+        }
+        data.extend_from_slice(&r.data);
+        if !c.config.tty {
+            body.push(r.stream as u8);
+            body.extend_from_slice(&[0, 0, 0]);
+            body.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        }
+        body.extend_from_slice(&data);
+    }
+    let ct = if c.config.tty {
+        "application/vnd.docker.raw-stream"
+    } else {
+        "application/vnd.docker.multiplexed-stream"
+    };
+    Ok(crate::http::reply(StatusCode::OK, ct, body))
+}
+
 /// `POST /containers/{id}/rename`.
 pub async fn rename(engine: &Engine, key: &str, q: &[(String, String)]) -> Result<Reply, Error> {
     let name = query_get(q, "name").unwrap_or_default();
