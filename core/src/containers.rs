@@ -78,6 +78,17 @@ fn merge_image_config(req: &mut CreateContainer, image: &ImageConfig) {
     }
 }
 
+/// What `docker wait` waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitCondition {
+    /// The container is not running (now or later).
+    NotRunning,
+    /// The next run (one that starts after the call) has ended.
+    NextExit,
+    /// The container was removed.
+    Removed,
+}
+
 /// Docker's PATH when neither the image nor the request sets one.
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -371,14 +382,31 @@ impl Engine {
         Ok(true)
     }
 
-    /// Waits until a container is not running and returns its exit code.
-    pub async fn wait_container(&self, key: &str) -> Result<i32> {
-        let id = self.container(key).await?.container.id;
+    /// Waits until a container is not running (`next_exit`: until the run after this
+    /// call has ended; `removed`: until it is gone) and returns its exit code.
+    pub async fn wait_container(&self, key: &str, condition: WaitCondition) -> Result<i32> {
+        let first = self.container(key).await?;
+        let id = first.container.id;
+        let started_before = first.container.state.started_at;
+        let mut last_code = first.container.state.exit_code;
         let mut version = 0;
         let mut off_since: Option<std::time::Instant> = None;
         loop {
-            let view = self.container(&id).await?;
-            if view.vm.power_state == PowerState::PoweredOff {
+            let view = match self.container(&id).await {
+                Ok(v) => v,
+                Err(e) if e.is_not_found() && condition == WaitCondition::Removed => {
+                    return Ok(last_code);
+                }
+                Err(e) => return Err(e),
+            };
+            last_code = view.container.state.exit_code;
+            let new_run = view.container.state.started_at != started_before;
+            let wanted = match condition {
+                WaitCondition::NotRunning => true,
+                WaitCondition::NextExit => new_run,
+                WaitCondition::Removed => false,
+            };
+            if wanted && view.vm.power_state == PowerState::PoweredOff {
                 // After a power off the guest's final status arrives a moment later
                 // (the runner reconciles it); a guest that never ran has none.
                 let status = GuestStatus::from_keys(&view.vm.extra_config).ok().flatten();

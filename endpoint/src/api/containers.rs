@@ -656,21 +656,43 @@ pub async fn stop(engine: &Engine, key: &str, q: &[(String, String)]) -> Result<
     Ok(crate::http::reply(status, "text/plain", ""))
 }
 
-/// `POST /containers/{id}/wait` (condition `not-running`, the default).
-pub async fn wait(engine: &Engine, key: &str, q: &[(String, String)]) -> Result<Reply, Error> {
-    match query_get(q, "condition").unwrap_or("not-running") {
-        "" | "not-running" => {}
+/// `POST /containers/{id}/wait` (conditions `not-running`, `next-exit`, `removed`).
+pub async fn wait(
+    engine: &std::sync::Arc<Engine>,
+    key: &str,
+    q: &[(String, String)],
+) -> Result<Reply, Error> {
+    use vic_core::containers::WaitCondition;
+    let condition = match query_get(q, "condition").unwrap_or("not-running") {
+        "" | "not-running" => WaitCondition::NotRunning,
+        "next-exit" => WaitCondition::NextExit,
+        "removed" => WaitCondition::Removed,
         other => {
-            return Err(Error::NotSupported(format!(
-                "vic does not support the wait condition {other:?} yet"
+            return Err(Error::InvalidArgument(format!(
+                "invalid condition: {other:?}"
             )));
         }
-    }
-    let code = engine.wait_container(key).await?;
-    Ok(crate::http::json(
-        StatusCode::OK,
-        &json!({ "StatusCode": code, "Error": null }),
-    ))
+    };
+    // As dockerd: check the container now, answer the headers at once (clients wait
+    // for them before starting the container), and send the body when it ends.
+    let id = engine.container(key).await?.container.id;
+    let (tx, body) = crate::http::channel_body(1);
+    let engine = engine.clone();
+    tokio::spawn(async move {
+        let v = match engine.wait_container(&id, condition).await {
+            Ok(code) => json!({ "StatusCode": code, "Error": null }),
+            Err(e) => json!({ "StatusCode": -1, "Error": { "Message": e.to_string() } }),
+        };
+        let mut b = v.to_string().into_bytes();
+        b.push(b'\n');
+        let _ = tx.send(bytes::Bytes::from(b)).await;
+    });
+    let mut r = hyper::Response::new(body);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
 }
 
 /// `GET /containers/{id}/logs` (stdout, stderr, timestamps, tail, since, until); the
