@@ -282,11 +282,12 @@ impl Engine {
         }
         let mut present = Vec::new();
         for (l, id) in remote.layers.iter().zip(&chain) {
-            let have = self.images.layer(id).await?.is_some();
+            // The size of a layer already in the store, kept for the image's size.
+            let have = self.images.layer(id).await?.map(|rec| rec.size);
             present.push(have);
             send(PullEvent::status(
                 Some(&short(&l.digest)),
-                if have {
+                if have.is_some() {
                     "Already exists"
                 } else {
                     "Pulling fs layer"
@@ -335,7 +336,7 @@ impl Engine {
         r: &Reference,
         remote: &RemoteImage,
         chain: &[String],
-        present: &[bool],
+        present: &[Option<u64>],
         auth: Option<&RegistryAuth>,
         events: &UnboundedSender<PullEvent>,
         added: &mut Vec<String>,
@@ -343,7 +344,9 @@ impl Engine {
         let send = |e: PullEvent| {
             let _ = events.send(e);
         };
-        let missing: Vec<usize> = (0..remote.layers.len()).filter(|i| !present[*i]).collect();
+        let missing: Vec<usize> = (0..remote.layers.len())
+            .filter(|i| present[*i].is_none())
+            .collect();
         // The first missing layer streams straight into its disk; the others download
         // meanwhile (at most MAX_PARALLEL_DOWNLOADS at a time, as dockerd) into spool
         // files, verified as they arrive, and are unpacked in order once their turn comes.
@@ -415,8 +418,8 @@ impl Engine {
         };
         let mut size = 0;
         for (i, (l, id)) in remote.layers.iter().zip(chain).enumerate() {
-            if present[i] {
-                size += self.images.layer(id).await?.map(|x| x.size).unwrap_or(0);
+            if let Some(have) = present[i] {
+                size += have;
                 continue;
             }
             let sid = short(&l.digest);

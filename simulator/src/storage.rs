@@ -702,12 +702,10 @@ mod tests {
         .map_err(|e| Error::io("read back", e))
     }
 
-    #[tokio::test]
-    async fn layers_are_read_back_byte_for_byte() {
-        let (_dir, sim) = open_temp();
-        let st = sim.backend().storage;
-        st.make_dir(&ds("l1")).await.unwrap();
-        let disk = ds("l1/l1.vmdk");
+    /// A new empty 1 MiB disk `[ds] NAME/NAME.vmdk` without a parent.
+    async fn new_disk(st: &dyn Storage, name: &str) -> DsPath {
+        st.make_dir(&ds(name)).await.unwrap();
+        let disk = ds(&format!("{name}/{name}.vmdk"));
         st.create_disk(&DiskSpec {
             path: disk.clone(),
             capacity_kb: 1024,
@@ -715,6 +713,14 @@ mod tests {
         })
         .await
         .unwrap();
+        disk
+    }
+
+    #[tokio::test]
+    async fn layers_are_read_back_byte_for_byte() {
+        let (_dir, sim) = open_temp();
+        let st = sim.backend().storage;
+        let disk = new_disk(&*st, "l1").await;
         let e = read_back(&*st, &disk).await.unwrap_err();
         assert!(matches!(e, Error::NotFound { kind: "layer", .. }), "{e}");
         let e = read_back(&*st, &ds("l1/none.vmdk")).await.unwrap_err();
@@ -784,15 +790,7 @@ mod tests {
         }
         let (_dir, sim) = open_temp();
         let st = sim.backend().storage;
-        st.make_dir(&ds("l")).await.unwrap();
-        let disk = ds("l/l.vmdk");
-        st.create_disk(&DiskSpec {
-            path: disk.clone(),
-            capacity_kb: 1024,
-            parent: None,
-        })
-        .await
-        .unwrap();
+        let disk = new_disk(&*st, "l").await;
         let bad = Mismatch(io::Cursor::new(layer_tar()));
         let e = st.write_layer(&disk, Box::new(bad)).await.unwrap_err();
         assert!(
