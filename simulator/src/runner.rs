@@ -8,7 +8,8 @@
 //!    chain through the disk descriptors: the image's layer trees (`<stem>-fs/` beside
 //!    each `<stem>.vmdk`), top first; the read-write disk's own tree is the upper layer
 //!    (made when missing);
-//! 2. assembles the root file system at `<vm-folder>/rootfs`: an overlay mount (lower =
+//! 2. assembles the root file system at `<vm-folder>/rootfs`: an overlay mount, made in
+//!    the guest's own mount namespace just before the tether starts (lower =
 //!    the layer trees, upper = the read-write tree, work = `<vm-folder>/work`). Layer
 //!    trees keep AUFS whiteouts as plain files (`.wh.<name>`, `.wh..wh..opq`); a layer
 //!    that has some is converted once into the overlay format in a cache beside it,
@@ -24,30 +25,43 @@
 //!    path ran;
 //! 3. writes the VM's `guestinfo.*` keys to `<vm-folder>/guestinfo.json`, removes the
 //!    status file of an earlier run, starts `tether <vm-folder> <rootfs>` as PID 1 of new
-//!    mount, PID, UTS, IPC and network namespaces, detached (it outlives the endpoint),
-//!    and records its PID and start time in `<vm-folder>/guest.pid`.
+//!    mount, PID, UTS, IPC and network namespaces (and user, when not root), detached
+//!    (it outlives the endpoint; see [`vic_tether::launch`]), in its cgroups, and
+//!    records its PID and start time in `<vm-folder>/guest.pid`. The overlay mount
+//!    lives in the guest's mount namespace only: it goes when the guest goes.
 //!
 //! ## Powering off (`stop`)
-//! The container's stop signal (SIGTERM by default), SIGKILL after the grace period,
-//! then it waits for the guest to go and unmounts the root file system. A guest killed
-//! with SIGKILL writes no exit status; the runner writes `exited` with 137.
+//! A hard power-off, as of a VM: SIGKILL to the guest's PID 1 (the kernel ends its
+//! whole PID namespace), a wait of at most [`KILL_WAIT`] for it to go, then its
+//! cgroups are removed. A guest killed so writes no exit status; the runner writes
+//! `exited` with 137. (A graceful stop, the container's stop signal and a timeout, is
+//! the engine's, before it powers the VM off; a guest that ends by its stop signal
+//! has written its own status, which is kept.)
 //!
 //! ## A guest that ends by itself (`check`, `release`)
 //! [`crate::Simulator::reconcile_guests`] asks `check`: the guest's PID (and start time,
 //! so a reused PID is not mistaken for it) alive → running; gone → exited, with the keys
 //! of `guestinfo-out.json`. A guest gone without an `exited` status gets one: 137 when it
 //! was running (killed), 128 with an error when it never got its process running.
+//! `release` then removes its cgroups.
 //!
-//! ## Root only, for now
-//! This runner needs root: namespaces without a user namespace, mounts, `trusted.*`
-//! xattrs, `lchown`. Without root a runner would have to start the tether in a new user
-//! namespace too (its uid and gid maps written by a privileged helper such as
-//! `newuidmap`, or mapping only the caller's ids), make the overlay mount inside that
-//! namespace's mount namespace (unprivileged overlay since Linux 5.11, with
-//! `userxattr`: opaque markers as `user.overlay.opaque` instead of `trusted.*`; the
-//! 0:0 whiteout devices may be made unprivileged since Linux 5.8), and layer trees
-//! whose owners were not preserved (files of other users) would need an id-mapped
-//! mount or a recorded owner map.
+//! ## CPU and memory limits
+//! The guest runs in cgroups `vic/<vm>-<hash of the state folder>` with the VM's CPU
+//! and memory limits, v2 or v1 (see [`cgroup`]); the tether is put into them before it
+//! execs. Without permission to make cgroups (non-root, not delegated) it runs
+//! without limits, with a warning.
+//!
+//! ## Non-root
+//! When the endpoint is not root, the guest's namespaces come with a new user
+//! namespace in which uid 0 and gid 0 are the endpoint's own ids (one id each, mapped
+//! by the runner itself: no `newuidmap` helper, so `setgroups` is denied there and
+//! users other than root in the image cannot be switched to). The overlay mount is
+//! made inside that namespace with `userxattr`, so the converted layers mark opaque
+//! folders with `user.overlay.opaque` (a cache of its own, `<stem>-ovl/<cid>-user/`;
+//! whiteout devices 0:0 may be made unprivileged); where the overlay fails, the
+//! copy-merge serves. Files of the layers owned by the endpoint's user are root's in
+//! the guest; others are `nobody`'s. The tether binds the host's device nodes instead
+//! of making them and binds the host's /sys read-only where it may not mount sysfs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CString;
@@ -68,6 +82,8 @@ use vic_tether::transport::{CONFIG_FILE, STATUS_FILE};
 use crate::guest::{GuestCheck, GuestHost, GuestRunner};
 use crate::storage::{layer_tree, read_descriptor};
 
+pub mod cgroup;
+
 /// The environment variable naming the tether binary.
 pub const TETHER_BIN_ENV: &str = "VIC_TETHER_BIN";
 /// The file in the VM folder with the guest's PID and start time (`<pid> <start>`; the
@@ -79,10 +95,10 @@ pub const ROOTFS_DIR: &str = "rootfs";
 pub const WORK_DIR: &str = "work";
 /// Marks a VM folder whose read-write tree holds the whole copy-merged root.
 pub const MERGED_MARK: &str = "rootfs.merged";
-/// The grace period between the stop signal and SIGKILL by default.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
-/// How long to wait for a guest to go after SIGKILL.
-const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long a power-off waits for a guest to go after SIGKILL.
+pub const KILL_WAIT: Duration = Duration::from_secs(1);
+/// How long cgroups of a guest that is gone are retried when still busy.
+const CGROUP_RELEASE_WAIT: Duration = Duration::from_secs(30);
 /// The most layers a disk chain may have.
 const MAX_CHAIN: usize = 256;
 /// The size limit of mount options (one page).
@@ -91,7 +107,10 @@ const MAX_MOUNT_DATA: usize = 4000;
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 const AUFS_META_PREFIX: &str = ".wh..wh.";
+/// The opaque-folder xattr of overlay mounts made by root.
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// The opaque-folder xattr of overlay mounts with `userxattr` (in a user namespace).
+const USER_OPAQUE_XATTR: &str = "user.overlay.opaque";
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -100,8 +119,8 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 #[derive(Clone, Debug)]
 pub struct TetherRunner {
     tether: Option<PathBuf>,
-    grace: Duration,
     overlay: bool,
+    cgroups: bool,
 }
 
 impl Default for TetherRunner {
@@ -119,14 +138,31 @@ pub enum RootfsMode {
     Merged,
 }
 
+/// The root file system of a guest about to start.
+struct Root {
+    /// The path given to the tether.
+    path: PathBuf,
+    /// The overlay mount to make in the guest's mount namespace (mode `Overlay`).
+    mount: Option<vic_tether::launch::Mount>,
+    /// What the copy-merge fallback needs: the read-write tree and the layer trees.
+    upper: PathBuf,
+    lowers: Vec<PathBuf>,
+}
+
+/// Whether this process runs as root (else the guests get a user namespace).
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 impl TetherRunner {
     /// A runner that finds the tether binary when it starts a guest (see
-    /// [`TetherRunner::find_tether`]), with the default grace period.
+    /// [`TetherRunner::find_tether`]).
     pub fn new() -> Self {
         Self {
             tether: None,
-            grace: DEFAULT_GRACE,
             overlay: true,
+            cgroups: true,
         }
     }
 
@@ -136,15 +172,15 @@ impl TetherRunner {
         self
     }
 
-    /// The time between the stop signal and SIGKILL.
-    pub fn with_grace(mut self, grace: Duration) -> Self {
-        self.grace = grace;
-        self
-    }
-
     /// Never tries overlay mounts: always copy-merges the layers (the fallback path).
     pub fn without_overlay(mut self) -> Self {
         self.overlay = false;
+        self
+    }
+
+    /// Puts guests in no cgroups (no CPU and memory limits).
+    pub fn without_cgroups(mut self) -> Self {
+        self.cgroups = false;
         self
     }
 
@@ -190,14 +226,10 @@ impl TetherRunner {
         }
     }
 
-    /// Assembles the root file system of `vm` (see the module documentation) and
-    /// returns the path to give the tether.
-    fn assemble(
-        &self,
-        host: &GuestHost,
-        vm: &VmInfo,
-        folder: &Path,
-    ) -> Result<(PathBuf, RootfsMode)> {
+    /// Prepares the root file system of `vm` (see the module documentation): the
+    /// overlay mount to make (`user`: inside a user namespace), or the copy-merged
+    /// read-write tree.
+    fn assemble(&self, host: &GuestHost, vm: &VmInfo, folder: &Path, user: bool) -> Result<Root> {
         let (rw_disk, layers) = disk_chain(host, vm)?;
         let upper = layer_tree(&host.host_path(&rw_disk)?);
         match fs::create_dir(&upper) {
@@ -205,10 +237,14 @@ impl TetherRunner {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(Error::io(format!("create {}", upper.display()), e)),
         }
-        let marked = folder.join(MERGED_MARK);
-        if marked.exists() {
+        if folder.join(MERGED_MARK).exists() {
             info!(vm = %vm.name, "root file system: the copy-merged read-write tree");
-            return Ok((upper, RootfsMode::Merged));
+            return Ok(Root {
+                path: upper.clone(),
+                mount: None,
+                upper,
+                lowers: Vec::new(),
+            });
         }
         let trees: Vec<(PathBuf, u32)> = layers
             .iter()
@@ -217,24 +253,115 @@ impl TetherRunner {
             .into_iter()
             .filter(|(t, _)| t.is_dir())
             .collect();
+        let lowers: Vec<PathBuf> = trees.iter().map(|(t, _)| t.clone()).collect();
         if self.overlay {
-            match mount_overlay(folder, &upper, &trees) {
-                Ok(rootfs) => {
-                    info!(vm = %vm.name, layers = trees.len(), "root file system: overlay mount");
-                    return Ok((rootfs, RootfsMode::Overlay));
+            match overlay_mount(folder, &upper, &trees, user) {
+                Ok(m) => {
+                    return Ok(Root {
+                        path: m.target.clone(),
+                        mount: Some(m),
+                        upper,
+                        lowers,
+                    });
                 }
                 Err(e) => {
-                    warn!(vm = %vm.name, error = %e, "overlay mount failed; copy-merging the layers");
+                    warn!(vm = %vm.name, error = %e, "no overlay for this root; copy-merging the layers");
                 }
             }
         }
-        let lowers: Vec<PathBuf> = trees.into_iter().map(|(t, _)| t).collect();
-        merge_layers(&upper, &lowers)
-            .map_err(|e| Error::io(format!("copy-merge the layers into {}", upper.display()), e))?;
-        fs::write(&marked, b"").map_err(|e| Error::io(format!("write {}", marked.display()), e))?;
-        info!(vm = %vm.name, layers = lowers.len(), "root file system: layers copy-merged into the read-write tree");
-        Ok((upper, RootfsMode::Merged))
+        let path = copy_merge(vm, folder, &upper, &lowers)?;
+        Ok(Root {
+            path,
+            mount: None,
+            upper,
+            lowers,
+        })
     }
+
+    /// Starts the tether on `root`, in cgroups `groups`; falls back to the copy-merge
+    /// when the overlay mount fails.
+    fn launch(
+        &self,
+        vm: &VmInfo,
+        tether: &Path,
+        folder: &Path,
+        root: &Root,
+        groups: Option<&cgroup::Groups>,
+    ) -> Result<(libc::pid_t, RootfsMode)> {
+        use vic_tether::launch::{Launch, LaunchError};
+        let start = |path: &Path, mount: Option<&vic_tether::launch::Mount>| {
+            let mut l = Launch::new(tether, folder, path);
+            if !is_root() {
+                // SAFETY: getuid and getgid have no preconditions.
+                let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+                l = l.user_namespace(uid, gid);
+            }
+            if let Some(m) = mount {
+                l = l.mount_first(m.clone());
+            }
+            l.spawn(|pid| groups.map_or(Ok(()), |g| g.add(pid)))
+        };
+        let failed = |e: LaunchError| {
+            let e = e.into_io();
+            Error::io(format!("start the tether {}", tether.display()), e)
+        };
+        let Some(mount) = &root.mount else {
+            return start(&root.path, None)
+                .map(|pid| (pid, RootfsMode::Merged))
+                .map_err(failed);
+        };
+        match start(&root.path, Some(mount)) {
+            Ok(pid) => {
+                info!(vm = %vm.name, layers = root.lowers.len(), user_namespace = !is_root(), "root file system: overlay mount");
+                Ok((pid, RootfsMode::Overlay))
+            }
+            Err(LaunchError::Mount(e)) => {
+                warn!(vm = %vm.name, error = %e, "overlay mount failed; copy-merging the layers");
+                let path = copy_merge(vm, folder, &root.upper, &root.lowers)?;
+                start(&path, None)
+                    .map(|pid| (pid, RootfsMode::Merged))
+                    .map_err(failed)
+            }
+            Err(e) => Err(failed(e)),
+        }
+    }
+}
+
+/// Copy-merges `lowers` into `upper` once (marked in `folder`); returns `upper`.
+fn copy_merge(vm: &VmInfo, folder: &Path, upper: &Path, lowers: &[PathBuf]) -> Result<PathBuf> {
+    let marked = folder.join(MERGED_MARK);
+    if marked.exists() {
+        return Ok(upper.to_path_buf());
+    }
+    merge_layers(upper, lowers)
+        .map_err(|e| Error::io(format!("copy-merge the layers into {}", upper.display()), e))?;
+    fs::write(&marked, b"").map_err(|e| Error::io(format!("write {}", marked.display()), e))?;
+    info!(vm = %vm.name, layers = lowers.len(), "root file system: layers copy-merged into the read-write tree");
+    Ok(upper.to_path_buf())
+}
+
+/// The name of a VM's cgroups: its reference and a hash of the simulator's state
+/// folder (simulators sharing a host number their VMs alike).
+fn cgroup_name(host: &GuestHost, vm: &VmInfo) -> String {
+    // FNV-1a, 32 bits: stable across builds.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in host.state_dir().as_os_str().as_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let id: String = vm
+        .reference
+        .value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{id}-{h:08x}")
 }
 
 impl GuestRunner for TetherRunner {
@@ -250,7 +377,7 @@ impl GuestRunner for TetherRunner {
         let tether = self.tether()?;
         let folder = host.host_path(&vm.files)?;
         // What an earlier run may have left: a guest (a crash between starting it and
-        // recording the power-on), a mount.
+        // recording the power-on), a mount (of an older runner), cgroups.
         if let Some(g) = read_guest(&folder)
             && g.alive()
         {
@@ -258,38 +385,57 @@ impl GuestRunner for TetherRunner {
             g.kill_and_wait(libc::SIGKILL, KILL_WAIT);
         }
         unmount(&folder.join(ROOTFS_DIR));
-        let (rootfs, mode) = self.assemble(host, vm, &folder)?;
-        let undo_mount = || {
-            if mode == RootfsMode::Overlay {
-                unmount(&folder.join(ROOTFS_DIR));
-            }
-        };
+        if let Some(old) = cgroup::Groups::recorded(&folder) {
+            old.remove(KILL_WAIT);
+            remove_if_exists(&folder.join(cgroup::CGROUPS_FILE)).map_err(|e| {
+                Error::io(format!("clear the guest files in {}", folder.display()), e)
+            })?;
+        }
+        let root = self.assemble(host, vm, &folder, !is_root())?;
         let keys: BTreeMap<String, String> = vm
             .extra_config
             .iter()
             .filter(|(k, _)| k.starts_with("guestinfo.") && k.as_str() != STATUS_KEY)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let prepared = remove_if_exists(&folder.join(STATUS_FILE))
+        remove_if_exists(&folder.join(STATUS_FILE))
             .and_then(|()| remove_if_exists(&folder.join(GUEST_PID_FILE)))
             .map_err(|e| Error::io(format!("clear the guest files in {}", folder.display()), e))
             .and_then(|()| {
                 vic_tether::transport::write_config_keys(&folder, &keys).map_err(|e| {
                     Error::Internal(format!("write {CONFIG_FILE} of VM {}: {e}", vm.name))
                 })
-            });
-        if let Err(e) = prepared {
-            undo_mount();
-            return Err(e);
-        }
-        let pid = match vic_tether::launch::spawn(&tether, &folder, &rootfs) {
-            Ok(pid) => pid,
-            Err(e) => {
-                undo_mount();
+            })?;
+        let groups = if self.cgroups {
+            let limits = cgroup::Limits::of(vm);
+            let layout = cgroup::Layout::detect();
+            let name = cgroup_name(host, vm);
+            let g = cgroup::Groups::create(&layout, &name, &limits)
+                .map_err(|e| Error::io(format!("make the cgroups of VM {}", vm.name), e))?;
+            if let Some(g) = &g
+                && let Err(e) = g.record(&folder)
+            {
+                g.remove(Duration::ZERO);
                 return Err(Error::io(
-                    format!("start the tether {}", tether.display()),
+                    format!("record the cgroups of VM {}", vm.name),
                     e,
                 ));
+            }
+            g
+        } else {
+            None
+        };
+        let undo_groups = || {
+            if let Some(g) = &groups {
+                g.remove(KILL_WAIT);
+                let _ = fs::remove_file(folder.join(cgroup::CGROUPS_FILE));
+            }
+        };
+        let (pid, mode) = match self.launch(vm, &tether, &folder, &root, groups.as_ref()) {
+            Ok(r) => r,
+            Err(e) => {
+                undo_groups();
+                return Err(e);
             }
         };
         // A guest that is already gone (a quick `true`) is recorded without a start
@@ -304,10 +450,10 @@ impl GuestRunner for TetherRunner {
             format!("{} {}\n", guest.pid, guest.start).as_bytes(),
         ) {
             guest.kill_and_wait(libc::SIGKILL, KILL_WAIT);
-            undo_mount();
+            undo_groups();
             return Err(Error::io(format!("write {}", pid_file.display()), e));
         }
-        info!(vm = %vm.name, container = %config.id, pid, tether = %tether.display(), "guest started");
+        info!(vm = %vm.name, container = %config.id, pid, ?mode, tether = %tether.display(), "guest started");
         Ok(())
     }
 
@@ -316,28 +462,20 @@ impl GuestRunner for TetherRunner {
         if let Some(g) = read_guest(&folder)
             && g.alive()
         {
-            let signal = vm
-                .extra_config
-                .get(CONFIG_KEY)
-                .and_then(|raw| serde_json::from_str::<GuestConfig>(raw).ok())
-                .and_then(|c| parse_signal(&c.session.stop_signal))
-                .unwrap_or(libc::SIGTERM);
-            debug!(vm = %vm.name, pid = g.pid, signal, "stopping the guest");
-            if !g.kill_and_wait(signal, self.grace) {
-                warn!(vm = %vm.name, pid = g.pid, grace = ?self.grace, "the guest outlived its grace period; SIGKILL");
-                if !g.kill_and_wait(libc::SIGKILL, KILL_WAIT) {
-                    return Err(Error::Internal(format!(
-                        "the guest of VM {} (pid {}) does not die",
-                        vm.name, g.pid
-                    )));
-                }
+            debug!(vm = %vm.name, pid = g.pid, "powering the guest off: SIGKILL");
+            if g.kill_and_wait(libc::SIGKILL, KILL_WAIT) {
+                record_killed(&folder, 128 + libc::SIGKILL);
+            } else {
+                // Its processes are going (the kernel tears the PID namespace down);
+                // the VM is off. The status says so already.
+                warn!(vm = %vm.name, pid = g.pid, wait = ?KILL_WAIT, "the guest is still going after SIGKILL");
                 record_killed(&folder, 128 + libc::SIGKILL);
             }
         }
         unmount(&folder.join(ROOTFS_DIR));
+        cgroup::release(&folder, CGROUP_RELEASE_WAIT);
         Ok(())
     }
-
     fn check(&self, host: &GuestHost, vm: &VmInfo) -> GuestCheck {
         let Ok(folder) = host.host_path(&vm.files) else {
             return GuestCheck::Untracked;
@@ -374,7 +512,9 @@ impl GuestRunner for TetherRunner {
     }
 
     fn release(&self, host: &GuestHost, vm: &VmInfo) -> Result<()> {
-        unmount(&host.host_path(&vm.files)?.join(ROOTFS_DIR));
+        let folder = host.host_path(&vm.files)?;
+        unmount(&folder.join(ROOTFS_DIR));
+        cgroup::release(&folder, CGROUP_RELEASE_WAIT);
         Ok(())
     }
 }
@@ -413,11 +553,18 @@ fn disk_chain(host: &GuestHost, vm: &VmInfo) -> Result<(DsPath, Vec<(DsPath, u32
     Ok((rw, layers))
 }
 
-/// Mounts the overlay of `trees` (top first) under `upper` at `<folder>/rootfs`.
-fn mount_overlay(folder: &Path, upper: &Path, trees: &[(PathBuf, u32)]) -> io::Result<PathBuf> {
+/// The overlay mount of `trees` (top first) under `upper` at `<folder>/rootfs`, to be
+/// made in the guest's mount namespace; `user`: by the root of a user namespace
+/// (`userxattr`, and the layers converted with `user.overlay.*` xattrs).
+fn overlay_mount(
+    folder: &Path,
+    upper: &Path,
+    trees: &[(PathBuf, u32)],
+    user: bool,
+) -> io::Result<vic_tether::launch::Mount> {
     let mut lowers = Vec::new();
     for (tree, cid) in trees {
-        lowers.push(overlay_lower(tree, *cid)?);
+        lowers.push(overlay_lower(tree, *cid, user)?);
     }
     let rootfs = folder.join(ROOTFS_DIR);
     let work = folder.join(WORK_DIR);
@@ -437,12 +584,15 @@ fn mount_overlay(folder: &Path, upper: &Path, trees: &[(PathBuf, u32)]) -> io::R
         lowers.push(empty);
     }
     let lowerdir: Vec<String> = lowers.iter().map(|l| escape_option(l)).collect();
-    let data = format!(
+    let mut data = format!(
         "lowerdir={},upperdir={},workdir={}",
         lowerdir.join(":"),
         escape_option(upper),
         escape_option(&work)
     );
+    if user {
+        data.push_str(",userxattr");
+    }
     if data.len() > MAX_MOUNT_DATA {
         return Err(io::Error::other(format!(
             "the overlay options of {} layers do not fit in a page ({} bytes)",
@@ -450,22 +600,12 @@ fn mount_overlay(folder: &Path, upper: &Path, trees: &[(PathBuf, u32)]) -> io::R
             data.len()
         )));
     }
-    let target = cpath(&rootfs)?;
-    let data = CString::new(data).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: NUL-terminated strings that live across the call.
-    let rc = unsafe {
-        libc::mount(
-            c"overlay".as_ptr(),
-            target.as_ptr(),
-            c"overlay".as_ptr(),
-            0,
-            data.as_ptr().cast(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(rootfs)
+    Ok(vic_tether::launch::Mount {
+        source: "overlay".into(),
+        target: rootfs,
+        fstype: "overlay".into(),
+        data,
+    })
 }
 
 /// Escapes the characters overlay's option parser treats specially.
@@ -482,15 +622,25 @@ fn escape_option(p: &Path) -> String {
 }
 
 /// The overlay lower folder of a layer tree: the tree itself when it has no whiteouts,
-/// else its converted copy in the cache beside it (made once).
-fn overlay_lower(tree: &Path, cid: u32) -> io::Result<PathBuf> {
+/// else its converted copy in the cache beside it (made once; `user`: the copy for
+/// `userxattr` mounts, `<cid>-user`, with `user.overlay.opaque`).
+fn overlay_lower(tree: &Path, cid: u32, user: bool) -> io::Result<PathBuf> {
     let name = tree
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let stem = name.strip_suffix("-fs").unwrap_or(&name);
     let cache = tree.with_file_name(format!("{stem}-ovl"));
-    let converted = cache.join(format!("{cid:08x}"));
+    let converted = if user {
+        cache.join(format!("{cid:08x}-user"))
+    } else {
+        cache.join(format!("{cid:08x}"))
+    };
+    let opaque_xattr = if user {
+        USER_OPAQUE_XATTR
+    } else {
+        OPAQUE_XATTR
+    };
     let plain = cache.join(format!("{cid:08x}.plain"));
     if converted.is_dir() {
         return Ok(converted);
@@ -513,7 +663,7 @@ fn overlay_lower(tree: &Path, cid: u32) -> io::Result<PathBuf> {
     ));
     let built = (|| {
         fs::create_dir(&tmp)?;
-        convert_tree(tree, &tmp, &mut HashMap::new())?;
+        convert_tree(tree, &tmp, opaque_xattr, &mut HashMap::new())?;
         copy_meta(tree, &tmp)?;
         fs::rename(&tmp, &converted)
     })();
@@ -551,11 +701,12 @@ fn has_whiteouts(dir: &Path) -> io::Result<bool> {
 }
 
 /// Copies the folder `src` of a layer tree to `dst` (which exists) in the overlay
-/// format: whiteouts become 0:0 character devices, opaque markers an xattr, files are
-/// hard links to the tree's.
+/// format: whiteouts become 0:0 character devices, opaque markers the xattr
+/// `opaque_xattr`, files are hard links to the tree's.
 fn convert_tree(
     src: &Path,
     dst: &Path,
+    opaque_xattr: &str,
     links: &mut HashMap<(u64, u64), PathBuf>,
 ) -> io::Result<()> {
     for e in fs::read_dir(src)? {
@@ -563,7 +714,7 @@ fn convert_tree(
         let name = e.file_name();
         let bytes = name.as_bytes();
         if bytes == OPAQUE_MARKER.as_bytes() {
-            set_xattr(dst, OPAQUE_XATTR, b"y")?;
+            set_xattr(dst, opaque_xattr, b"y")?;
             continue;
         }
         if bytes.starts_with(AUFS_META_PREFIX.as_bytes()) {
@@ -582,7 +733,7 @@ fn convert_tree(
         let meta = fs::symlink_metadata(&from)?;
         if meta.is_dir() {
             fs::create_dir(&to)?;
-            convert_tree(&from, &to, links)?;
+            convert_tree(&from, &to, opaque_xattr, links)?;
             copy_meta(&from, &to)?;
         } else {
             copy_entry(&from, &to, &meta, true, links)?;
@@ -731,9 +882,11 @@ fn merge_layers(upper: &Path, lowers: &[PathBuf]) -> io::Result<()> {
 
 fn scan_upper(root: &Path, rel: &Path, masks: &mut Masks) -> io::Result<()> {
     let dir = root.join(rel);
-    if get_xattr(&dir, OPAQUE_XATTR).as_deref() == Some(b"y") {
-        masks.opaque.insert(rel.to_path_buf());
-        remove_xattr(&dir, OPAQUE_XATTR);
+    for xattr in [OPAQUE_XATTR, USER_OPAQUE_XATTR] {
+        if get_xattr(&dir, xattr).as_deref() == Some(b"y") {
+            masks.opaque.insert(rel.to_path_buf());
+            remove_xattr(&dir, xattr);
+        }
     }
     for e in fs::read_dir(&dir)? {
         let e = e?;
@@ -926,36 +1079,13 @@ fn record_killed(folder: &Path, code: i32) {
     write_out_keys(folder, &exited_status(last, code, None));
 }
 
-/// A signal number from a name (`SIGTERM`, `TERM`) or a number.
-fn parse_signal(s: &str) -> Option<libc::c_int> {
-    let s = s.trim();
-    if s.is_empty() {
-        return None;
-    }
-    if let Ok(n) = s.parse::<libc::c_int>() {
-        return (n > 0 && n < 65).then_some(n);
-    }
-    let name = s.to_ascii_uppercase();
-    let name = name.strip_prefix("SIG").unwrap_or(&name);
-    Some(match name {
-        "HUP" => libc::SIGHUP,
-        "INT" => libc::SIGINT,
-        "QUIT" => libc::SIGQUIT,
-        "KILL" => libc::SIGKILL,
-        "USR1" => libc::SIGUSR1,
-        "USR2" => libc::SIGUSR2,
-        "TERM" => libc::SIGTERM,
-        "ALRM" => libc::SIGALRM,
-        "PWR" => libc::SIGPWR,
-        "WINCH" => libc::SIGWINCH,
-        "STOP" => libc::SIGSTOP,
-        "CONT" => libc::SIGCONT,
-        _ => return None,
-    })
-}
-
-/// Unmounts `path` if something is mounted there (lazily when it is busy).
+/// Unmounts `path` if something is mounted there (lazily when it is busy). Only root
+/// mounts on the host (older runners did); a non-root runner's mounts live in its
+/// guests' namespaces.
 fn unmount(path: &Path) {
+    if !is_root() {
+        return;
+    }
     let Ok(c) = cpath(path) else { return };
     // SAFETY: a NUL-terminated path.
     if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
@@ -1067,11 +1197,15 @@ mod tests {
 
     /// Root and a tether binary, or a message saying why the test is skipped.
     fn can_run() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !is_root() {
             eprintln!("skipped: the guest runner tests need root (namespaces and mounts)");
             return false;
         }
+        can_run_guests()
+    }
+
+    /// A tether binary and busybox, or a message saying why the test is skipped.
+    fn can_run_guests() -> bool {
         if let Err(e) = TetherRunner::find_tether() {
             eprintln!("skipped: {e} (cargo build -p vic-tether --bin tether)");
             return false;
@@ -1337,16 +1471,29 @@ mod tests {
         assert_eq!(fs::read(rw.join("etc/keep")).unwrap(), b"new\n");
         let cache = sim.host_path(&ds("images/top/top-ovl")).unwrap();
         assert_eq!(cache.is_dir(), expect_cache);
+        let merged = sim.host_path(&info.files).unwrap().join(MERGED_MARK);
+        assert_eq!(merged.exists(), !expect_cache, "overlay or copy-merge");
         if expect_cache {
+            // The cache of this runner's kind: `<cid>` for root, `<cid>-user` in a
+            // user namespace.
+            let (suffix, xattr) = if is_root() {
+                ("", OPAQUE_XATTR)
+            } else {
+                ("-user", USER_OPAQUE_XATTR)
+            };
             let converted = fs::read_dir(&cache)
                 .unwrap()
                 .map(|e| e.unwrap().path())
-                .find(|p| p.is_dir())
+                .find(|p| {
+                    p.is_dir()
+                        && p.file_name().unwrap().len() == 8 + suffix.len()
+                        && p.to_string_lossy().ends_with(suffix)
+                })
                 .unwrap();
             let wh = fs::symlink_metadata(converted.join("etc/lower-only")).unwrap();
             assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
             assert_eq!(
-                get_xattr(&converted.join("opq"), OPAQUE_XATTR).as_deref(),
+                get_xattr(&converted.join("opq"), xattr).as_deref(),
                 Some(&b"y"[..])
             );
             // the base layer has no whiteouts: used as it is, recorded once
@@ -1397,69 +1544,247 @@ mod tests {
         whiteouts_hide_lower_files(TetherRunner::new().without_overlay(), false).await;
     }
 
-    #[tokio::test]
-    async fn power_off_stops_the_guest() {
-        if !can_run() {
-            return;
-        }
-        let (_dir, sim) = open_temp();
-        let grace = Duration::from_secs(5);
-        sim.set_guest_runner(std::sync::Arc::new(TetherRunner::new().with_grace(grace)));
-        let top = image(&sim).await;
-        let vm = container(&sim, "sleeper", &top, &guest_config("sleep", &["100"])).await;
-        sim.power_on(&vm.reference).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let info = sim.vm_info(&vm.reference).await.unwrap();
-        assert_eq!(info.power_state, PowerState::PoweredOn);
+    /// The guest's PID once it runs its process (the tether reported `running`).
+    async fn wait_running(sim: &Simulator, vm: &VmInfo) -> Guest {
         let folder = sim.host_path(&vm.files).unwrap();
-        let guest = read_guest(&folder).unwrap();
-        assert!(guest.alive());
-        let t = Instant::now();
-        sim.power_off(&vm.reference).await.unwrap();
-        assert!(t.elapsed() < grace, "took {:?}", t.elapsed());
-        assert!(!guest.alive());
-        // the status follows through the reconciler
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
+            if let Ok(Some(s)) = vic_tether::transport::read_status(&folder)
+                && s.state == GuestState::Running
+            {
+                return read_guest(&folder).unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not running; tether.log: {}",
+                fs::read_to_string(folder.join("tether.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The guest's status once the reconciler has merged an `exited` one.
+    async fn wait_exited(sim: &Simulator, vm: &VmInfo) -> GuestStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            sim.reconcile_guests().await.unwrap();
             let info = sim.vm_info(&vm.reference).await.unwrap();
             if let Ok(Some(s)) = GuestStatus::from_keys(&info.extra_config)
                 && s.state == GuestState::Exited
+                && info.power_state == PowerState::PoweredOff
             {
-                assert_eq!(s.exit_code, Some(128 + libc::SIGTERM));
-                break;
+                return s;
             }
             assert!(Instant::now() < deadline, "no exit status merged");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(
-            sim.vm_info(&vm.reference).await.unwrap().power_state,
-            PowerState::PoweredOff
-        );
     }
 
     #[tokio::test]
-    async fn power_off_kills_after_the_grace_period() {
+    async fn power_off_is_a_prompt_hard_stop() {
         if !can_run() {
             return;
         }
         let (_dir, sim) = open_temp();
-        let grace = Duration::from_millis(700);
-        sim.set_guest_runner(std::sync::Arc::new(TetherRunner::new().with_grace(grace)));
+        sim.set_guest_runner(std::sync::Arc::new(TetherRunner::new()));
         let top = image(&sim).await;
+        // A process that ignores the usual stop signal makes no difference.
         let config = guest_config("sh", &["-c", "trap '' TERM; sleep 100"]);
         let vm = container(&sim, "stubborn", &top, &config).await;
         sim.power_on(&vm.reference).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let guest = wait_running(&sim, &vm).await;
+        assert!(guest.alive());
         let t = Instant::now();
         sim.power_off(&vm.reference).await.unwrap();
-        assert!(t.elapsed() >= grace);
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            t.elapsed()
+        );
+        assert!(!guest.alive());
         let folder = sim.host_path(&vm.files).unwrap();
         let s = vic_tether::transport::read_status(&folder)
             .unwrap()
             .unwrap();
         assert_eq!(s.state, GuestState::Exited);
         assert_eq!(s.exit_code, Some(137));
-        assert!(!read_guest(&folder).unwrap().alive());
+        assert!(s.started_at.is_some() && s.finished_at.is_some());
+        // The status follows through the reconciler.
+        assert_eq!(wait_exited(&sim, &vm).await.exit_code, Some(137));
+    }
+
+    #[tokio::test]
+    async fn a_guest_ended_by_its_stop_signal_keeps_its_exit_status() {
+        if !can_run() {
+            return;
+        }
+        let (_dir, sim) = open_temp();
+        sim.set_guest_runner(std::sync::Arc::new(TetherRunner::new()));
+        let top = image(&sim).await;
+        let config = guest_config("sh", &["-c", "trap 'exit 42' TERM; sleep 100 & wait"]);
+        let vm = container(&sim, "graceful", &top, &config).await;
+        sim.power_on(&vm.reference).await.unwrap();
+        let guest = wait_running(&sim, &vm).await;
+        // Someone else (the engine's graceful stop) sends the stop signal to the
+        // guest's init, which forwards it to the process.
+        // SAFETY: kill has no memory-safety preconditions.
+        assert_eq!(unsafe { libc::kill(guest.pid, libc::SIGTERM) }, 0);
+        let s = wait_exited(&sim, &vm).await;
+        assert_eq!(s.exit_code, Some(42), "{s:?}");
+        assert!(s.error.is_none());
+        // A plain process killed by it: 128 + SIGTERM.
+        let vm2 = container(&sim, "plain", &top, &guest_config("sleep", &["100"])).await;
+        sim.power_on(&vm2.reference).await.unwrap();
+        let guest = wait_running(&sim, &vm2).await;
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(guest.pid, libc::SIGTERM) }, 0);
+        assert_eq!(
+            wait_exited(&sim, &vm2).await.exit_code,
+            Some(128 + libc::SIGTERM)
+        );
+    }
+
+    /// The folder of the guest's group in the hierarchy that has `file`, from
+    /// `/proc/<pid>/cgroup`.
+    fn guest_group_file(pid: libc::pid_t, ctrl: &str, file: &str) -> PathBuf {
+        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let lines = cgroup::parse_proc_cgroup(&text);
+        match cgroup::Layout::detect() {
+            cgroup::Layout::V2(_) => {
+                let (_, path) = lines.iter().find(|(c, _)| c.is_empty()).unwrap();
+                let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+                let point = mountinfo
+                    .lines()
+                    .find(|l| l.contains(" - cgroup2 "))
+                    .and_then(|l| l.split(' ').nth(4))
+                    .unwrap();
+                Path::new(point)
+                    .join(path.trim_start_matches('/'))
+                    .join(file)
+            }
+            cgroup::Layout::V1(ctrls) => {
+                let (_, path) = lines
+                    .iter()
+                    .find(|(c, _)| c.iter().any(|c| c == ctrl))
+                    .unwrap();
+                // The base of v1 groups is the hierarchy's mount point.
+                let (_, point) = ctrls.iter().find(|(c, _)| *c == ctrl).unwrap();
+                assert!(
+                    path.contains("/vic/"),
+                    "the guest is in a vic group: {path}"
+                );
+                point.join(path.trim_start_matches('/')).join(file)
+            }
+            cgroup::Layout::None => panic!("no cgroups"),
+        }
+    }
+
+    #[tokio::test]
+    async fn limits_apply_through_cgroups_until_the_guest_ends() {
+        if !can_run() {
+            return;
+        }
+        if cgroup::Layout::detect() == cgroup::Layout::None {
+            eprintln!("skipped: no cgroup hierarchy with memory and cpu");
+            return;
+        }
+        let v2 = matches!(cgroup::Layout::detect(), cgroup::Layout::V2(_));
+        let (_dir, sim) = open_temp();
+        sim.set_guest_runner(std::sync::Arc::new(TetherRunner::new()));
+        let top = image(&sim).await;
+        let mut spec_config = guest_config("sh", &["-c", "sleep 100 & wait"]);
+        spec_config.name = "limited".into();
+        let mut vm = small_vm(&sim, "limited");
+        vm.devices.push(DeviceSpec {
+            device: Device::Disk {
+                key: 200,
+                controller_key: 100,
+                unit: 0,
+                file: ds("limited/limited.vmdk"),
+                parent: Some(top.clone()),
+                capacity_kb: 0,
+                mode: DiskMode::Persistent,
+            },
+            file_operation: FileOperation::Create,
+        });
+        vm.extra_config = spec_config.to_keys();
+        vm.extra_config.insert(
+            cgroup::LIMITS_KEY.into(),
+            r#"{"nano_cpus": 500000000, "memory_bytes": 67108864}"#.into(),
+        );
+        let vm = sim.create_vm(&vm).await.unwrap();
+        sim.power_on(&vm.reference).await.unwrap();
+        let guest = wait_running(&sim, &vm).await;
+        let folder = sim.host_path(&vm.files).unwrap();
+        let recorded = cgroup::Groups::recorded(&folder).expect("groups recorded");
+        assert!(!recorded.dirs.is_empty());
+        let (mem, cpu) = if v2 {
+            ("memory.max", "cpu.max")
+        } else {
+            ("memory.limit_in_bytes", "cpu.cfs_quota_us")
+        };
+        let mem_file = guest_group_file(guest.pid, "memory", mem);
+        let cpu_file = guest_group_file(guest.pid, "cpu", cpu);
+        assert_eq!(fs::read_to_string(&mem_file).unwrap().trim(), "67108864");
+        let cpu_value = fs::read_to_string(&cpu_file).unwrap();
+        if v2 {
+            assert_eq!(cpu_value.trim(), "50000 100000");
+        } else {
+            let period = fs::read_to_string(cpu_file.with_file_name("cpu.cfs_period_us"))
+                .unwrap()
+                .trim()
+                .parse::<u64>()
+                .unwrap();
+            assert_eq!(cpu_value.trim(), (period / 2).to_string());
+        }
+        // Every process of the guest is in the group (the process, its children).
+        let procs = fs::read_to_string(mem_file.with_file_name("cgroup.procs")).unwrap();
+        let pids: Vec<&str> = procs.lines().collect();
+        assert!(pids.len() >= 3, "tether, sh and sleep: {pids:?}");
+        assert!(pids.contains(&guest.pid.to_string().as_str()));
+        // The guest ends by itself: the reconciler's release removes the groups.
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(guest.pid, libc::SIGTERM) };
+        wait_exited(&sim, &vm).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while recorded.dirs.iter().any(|d| d.exists()) {
+            assert!(
+                Instant::now() < deadline,
+                "groups left: {:?}",
+                recorded.dirs
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!mem_file.parent().unwrap().exists());
+        assert!(cgroup::Groups::recorded(&folder).is_none());
+
+        // Without the finer key, the VM's memory_mb and num_cpus; a power-off removes
+        // the groups too.
+        let mut change = vic_core::provider::VmChange::default();
+        change.extra_config.insert(cgroup::LIMITS_KEY.into(), None);
+        sim.backend()
+            .compute
+            .reconfigure(&vm.reference, &change)
+            .await
+            .unwrap();
+        sim.power_on(&vm.reference).await.unwrap();
+        let guest = wait_running(&sim, &vm).await;
+        let mem_file = guest_group_file(guest.pid, "memory", mem);
+        assert_eq!(
+            fs::read_to_string(&mem_file).unwrap().trim(),
+            (256u64 << 20).to_string()
+        );
+        let recorded = cgroup::Groups::recorded(&folder).unwrap();
+        sim.power_off(&vm.reference).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while recorded.dirs.iter().any(|d| d.exists()) {
+            assert!(
+                Instant::now() < deadline,
+                "groups left: {:?}",
+                recorded.dirs
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     #[tokio::test]
@@ -1537,6 +1862,102 @@ mod tests {
         );
     }
 
+    /// The environment variable that gives [`as_non_root_inner`] its folder.
+    const NON_ROOT_DIR_ENV: &str = "VIC_TEST_NON_ROOT_DIR";
+
+    /// Runs [`as_non_root_inner`] in this test executable as `nobody` (uid and gid
+    /// 65534, no supplementary groups), in a folder of its own.
+    #[test]
+    fn guests_run_for_a_non_root_endpoint() {
+        if !can_run() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&exe)
+            .args([
+                "--exact",
+                "runner::tests::as_non_root_inner",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(NON_ROOT_DIR_ENV, dir.path())
+            .env("VIC_TETHER_BIN", TetherRunner::find_tether().unwrap())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "the inner test ran: {text}");
+    }
+
+    /// The non-root half of [`guests_run_for_a_non_root_endpoint`] (ignored: it needs
+    /// that test's set-up).
+    #[tokio::test]
+    #[ignore = "run by guests_run_for_a_non_root_endpoint as nobody"]
+    async fn as_non_root_inner() {
+        assert!(!is_root(), "run by guests_run_for_a_non_root_endpoint");
+        assert!(can_run_guests());
+        let base = PathBuf::from(std::env::var_os(NON_ROOT_DIR_ENV).unwrap());
+        let sim = Simulator::open(base.join("state")).unwrap();
+        sim.set_guest_runner(std::sync::Arc::new(TetherRunner::new()));
+        let top = image(&sim).await;
+
+        // docker run --rm busybox echo hello
+        let info = run(&sim, &top, "echo", &guest_config("echo", &["hello"])).await;
+        let s = status(&info);
+        assert_eq!(s.exit_code, Some(0), "{s:?}");
+        assert_eq!(output(&sim, &info), "hello\n");
+        // Without permission to make cgroups the guest runs without them.
+        let folder = sim.host_path(&info.files).unwrap();
+        assert!(!folder.join(cgroup::CGROUPS_FILE).exists());
+
+        // Root in the guest is the endpoint's user; the guest has its own host name,
+        // proc, devices, sysfs and a loopback that is up.
+        let script = "id -u; id -g; cat /proc/self/uid_map; hostname; \
+                      grep -c tether /proc/1/cmdline; \
+                      echo x > /dev/null && head -c 4 /dev/zero | wc -c; \
+                      test -d /sys/class/net/lo && echo sys; \
+                      ifconfig lo | grep -c UP; ls /sys/class/net | wc -l";
+        let info = run(&sim, &top, "whoami", &guest_config("sh", &["-c", script])).await;
+        assert_eq!(status(&info).exit_code, Some(0), "{}", output(&sim, &info));
+        let out = output(&sim, &info);
+        let lines: Vec<Vec<&str>> = out
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(lines[0], ["0"], "{out}");
+        assert_eq!(lines[1], ["0"], "{out}");
+        assert_eq!(lines[2], ["0", "65534", "1"], "{out}");
+        assert_eq!(lines[3], ["guesthost"], "{out}");
+        assert_eq!(lines[4], ["1"], "the tether is PID 1: {out}");
+        assert_eq!(lines[5], ["4"], "{out}");
+        assert_eq!(lines[6], ["sys"], "{out}");
+        assert_eq!(lines[7], ["1"], "lo is up: {out}");
+        assert_eq!(lines[8], ["1"], "only lo in the guest's network: {out}");
+
+        // A process that ignores SIGTERM is stopped by the power-off all the same.
+        let config = guest_config("sh", &["-c", "trap '' TERM; sleep 100"]);
+        let vm = container(&sim, "stubborn", &top, &config).await;
+        sim.power_on(&vm.reference).await.unwrap();
+        let guest = wait_running(&sim, &vm).await;
+        sim.power_off(&vm.reference).await.unwrap();
+        assert!(!guest.alive());
+        assert_eq!(wait_exited(&sim, &vm).await.exit_code, Some(137));
+        drop(sim);
+
+        // Whiteouts through the overlay (a `-user` cache) and the copy-merge.
+        whiteouts_hide_lower_files(TetherRunner::new(), true).await;
+        whiteouts_hide_lower_files(TetherRunner::new().without_overlay(), false).await;
+    }
+
     #[test]
     fn copy_merge_applies_whiteouts_of_every_layer() {
         let dir = tempfile::tempdir().unwrap();
@@ -1582,12 +2003,7 @@ mod tests {
     }
 
     #[test]
-    fn signals_and_options() {
-        assert_eq!(parse_signal("SIGTERM"), Some(libc::SIGTERM));
-        assert_eq!(parse_signal("quit"), Some(libc::SIGQUIT));
-        assert_eq!(parse_signal("9"), Some(9));
-        assert_eq!(parse_signal(""), None);
-        assert_eq!(parse_signal("SIGNOPE"), None);
+    fn options_are_escaped() {
         assert_eq!(escape_option(Path::new("/a:b,c\\d")), "/a\\:b\\,c\\\\d");
     }
 }

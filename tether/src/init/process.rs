@@ -158,7 +158,16 @@ pub fn spawn(s: &Spawn, ends: ChildEnds) -> Result<libc::pid_t, Failure> {
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = s.envp.iter().map(|a| a.as_ptr()).collect();
     envp.push(std::ptr::null());
-    let groups: Vec<libc::gid_t> = s.user.groups.clone();
+    // In a user namespace of an unprivileged runner setgroups is denied: the process
+    // keeps the tether's (empty or unmapped) supplementary groups.
+    let groups: Option<Vec<libc::gid_t>> = if sys::setgroups_allowed() {
+        Some(s.user.groups.clone())
+    } else {
+        if !s.user.groups.is_empty() {
+            eprintln!("tether: setgroups is denied here; not setting the supplementary groups");
+        }
+        None
+    };
 
     // SAFETY: the child only makes async-signal-safe calls on data prepared above and
     // ends in execve or _exit.
@@ -168,7 +177,16 @@ pub fn spawn(s: &Spawn, ends: ChildEnds) -> Result<libc::pid_t, Failure> {
     }
     if pid == 0 {
         // SAFETY: as above; never returns.
-        unsafe { child(s, &ends.stdio, &argv, &envp, &groups, report_w.as_raw_fd()) }
+        unsafe {
+            child(
+                s,
+                &ends.stdio,
+                &argv,
+                &envp,
+                groups.as_deref(),
+                report_w.as_raw_fd(),
+            )
+        }
     }
     drop(report_w);
     drop(ends);
@@ -220,7 +238,7 @@ unsafe fn child(
     stdio: &ChildStdio,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
-    groups: &[libc::gid_t],
+    groups: Option<&[libc::gid_t]>,
     report: RawFd,
 ) -> ! {
     let fail = |step: u32| -> ! {
@@ -277,7 +295,9 @@ unsafe fn child(
                 }
             }
         }
-        if libc::setgroups(groups.len(), groups.as_ptr()) < 0 {
+        if let Some(groups) = groups
+            && libc::setgroups(groups.len(), groups.as_ptr()) < 0
+        {
             fail(4);
         }
         if libc::setgid(s.user.gid) < 0 {

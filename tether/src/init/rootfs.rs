@@ -116,14 +116,7 @@ pub fn prepare(rootfs: &Path, config: &GuestConfig) -> Result<(), Failure> {
     )
     .map_err(step("mount /proc"))?;
     mkdir_p("/sys")?;
-    mount(
-        Some(Path::new("sysfs")),
-        Path::new("/sys"),
-        Some("sysfs"),
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
-        None,
-    )
-    .map_err(step("mount /sys"))?;
+    mount_sys(&old)?;
 
     mount_dev(&devices)?;
 
@@ -134,6 +127,72 @@ pub fn prepare(rootfs: &Path, config: &GuestConfig) -> Result<(), Failure> {
     sys::umount2(&old, libc::MNT_DETACH).map_err(step("unmount old root"))?;
     let _ = fs::remove_dir(&old);
     Ok(())
+}
+
+/// A read-only sysfs at /sys. Where the kernel refuses a new sysfs instance (a user
+/// namespace on a host whose /sys is partly hidden), the host's /sys is bound
+/// read-only from the old root instead; where that fails too, the guest has no /sys
+/// (said in tether.log), as a guest without sysfs still runs its process.
+fn mount_sys(old_root: &Path) -> Result<(), Failure> {
+    let sys_dir = Path::new("/sys");
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
+    let Err(e) = mount(
+        Some(Path::new("sysfs")),
+        sys_dir,
+        Some("sysfs"),
+        flags,
+        None,
+    ) else {
+        return Ok(());
+    };
+    if !matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
+        return Err(step("mount /sys")(e));
+    }
+    let host_sys = old_root.join("sys");
+    let bound = mount(
+        Some(&host_sys),
+        sys_dir,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    );
+    match bound {
+        Ok(()) => {
+            if let Err(e2) = remount_readonly(sys_dir) {
+                let _ = sys::umount2(sys_dir, libc::MNT_DETACH);
+                eprintln!("tether: no /sys: mount sysfs: {e}; read-only bind: {e2}");
+            } else {
+                eprintln!("tether: mount sysfs: {e}; the host's /sys is bound read-only");
+            }
+        }
+        Err(e2) => eprintln!("tether: no /sys: mount sysfs: {e}; bind: {e2}"),
+    }
+    Ok(())
+}
+
+/// Remounts the bind mount at `target` read-only, keeping the flags the kernel locks
+/// in a user namespace.
+fn remount_readonly(target: &Path) -> io::Result<()> {
+    let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+    let c = sys::cpath(target)?;
+    // SAFETY: a NUL-terminated path and a zeroed statvfs to fill.
+    let st = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        sys::cvt(libc::statvfs(c.as_ptr(), &mut st)).map(|_| st)
+    }?;
+    for (st_flag, ms_flag) in [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if st.f_flag & st_flag != 0 {
+            flags |= ms_flag;
+        }
+    }
+    mount(None, target, None, flags, None)
 }
 
 fn mkdir_p(p: impl AsRef<Path>) -> Result<(), Failure> {
@@ -228,25 +287,7 @@ fn bind(src: &Source, target: &Path, readonly: bool) -> Result<(), Failure> {
     )
     .map_err(step(format!("bind mount {t}")))?;
     if readonly {
-        // Keep the flags the kernel locks in a user namespace.
-        let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
-        let c = sys::cpath(target).map_err(step(format!("remount {t}")))?;
-        // SAFETY: a NUL-terminated path and a zeroed statvfs to fill.
-        let st = unsafe {
-            let mut st: libc::statvfs = std::mem::zeroed();
-            sys::cvt(libc::statvfs(c.as_ptr(), &mut st)).map(|_| st)
-        }
-        .map_err(step(format!("statvfs {t}")))?;
-        for (st_flag, ms_flag) in [
-            (libc::ST_NOSUID, libc::MS_NOSUID),
-            (libc::ST_NODEV, libc::MS_NODEV),
-            (libc::ST_NOEXEC, libc::MS_NOEXEC),
-        ] {
-            if st.f_flag & st_flag != 0 {
-                flags |= ms_flag;
-            }
-        }
-        mount(None, target, None, flags, None).map_err(step(format!("remount {t} read-only")))?;
+        remount_readonly(target).map_err(step(format!("remount {t} read-only")))?;
     }
     Ok(())
 }

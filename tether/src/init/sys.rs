@@ -194,3 +194,9 @@ pub fn set_winsize(fd: RawFd, rows: u16, cols: u16) -> io::Result<()> {
     cvt(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) })?;
     Ok(())
 }
+
+/// Whether this process may call setgroups(2): not in a user namespace whose
+/// `setgroups` was denied (as an unprivileged runner must, to map its gid).
+pub fn setgroups_allowed() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups").map_or(true, |s| s.trim() != "deny")
+}
