@@ -17,7 +17,7 @@ use crate::provider::{
 };
 use crate::reference::Reference;
 use crate::{DsPath, Error, Result};
-use vic_tether::protocol::{GuestConfig, GuestStatus, STATUS_KEY, Session};
+use vic_tether::protocol::{GuestConfig, GuestStatus, Session};
 
 /// vCPUs of a container VM when the request sets none (VIC's default).
 pub const DEFAULT_CPUS: u32 = 2;
@@ -153,6 +153,11 @@ fn container_of(vm: &VmInfo) -> Option<Container> {
     if c.state.status != ContainerStatus::Running {
         c.state.pid = 0;
     }
+    c.state.restart_count = vm
+        .extra_config
+        .get(keys::RESTART_COUNT)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     Some(c)
 }
 
@@ -164,6 +169,18 @@ impl Engine {
             .await?
             .into_iter()
             .filter_map(|vm| container_of(&vm).map(|container| ContainerView { container, vm }))
+            .map(|mut v| {
+                if v.container.state.status == ContainerStatus::Exited
+                    && self.lifecycle.is_restarting(&v.container.id)
+                {
+                    v.container.state.status = if v.container.host_config.auto_remove {
+                        ContainerStatus::Removing
+                    } else {
+                        ContainerStatus::Restarting
+                    };
+                }
+                v
+            })
             .collect())
     }
 
@@ -335,53 +352,6 @@ impl Engine {
         Ok(id)
     }
 
-    /// Starts a container: powers its VM on, whose guest runs the process. `false` when
-    /// it already runs (Docker's 304).
-    pub async fn start_container(&self, key: &str) -> Result<bool> {
-        let view = self.container(key).await?;
-        if view.vm.power_state == PowerState::PoweredOn {
-            return Ok(false);
-        }
-        // The last run's status must not pass for this run's.
-        if view.vm.extra_config.contains_key(STATUS_KEY) {
-            let change = VmChange {
-                extra_config: BTreeMap::from([(STATUS_KEY.to_string(), None)]),
-                ..Default::default()
-            };
-            self.backend
-                .compute
-                .reconfigure(&view.vm.reference, &change)
-                .await?;
-        }
-        self.backend.compute.power_on(&view.vm.reference).await?;
-        let c = &view.container;
-        self.events.emit(
-            "container",
-            "start",
-            &c.id,
-            &[("image", &c.image), ("name", &c.name)],
-        );
-        Ok(true)
-    }
-
-    /// Stops a container: its VM powers off, the guest gets its stop signal, then is
-    /// killed after the runner's grace period. `false` when it was not running (304).
-    pub async fn stop_container(&self, key: &str) -> Result<bool> {
-        let view = self.container(key).await?;
-        if view.vm.power_state != PowerState::PoweredOn {
-            return Ok(false);
-        }
-        self.backend.compute.power_off(&view.vm.reference).await?;
-        let c = &view.container;
-        self.events.emit(
-            "container",
-            "stop",
-            &c.id,
-            &[("image", &c.image), ("name", &c.name)],
-        );
-        Ok(true)
-    }
-
     /// Waits until a container is not running (`next_exit`: until the run after this
     /// call has ended; `removed`: until it is gone) and returns its exit code.
     pub async fn wait_container(&self, key: &str, condition: WaitCondition) -> Result<i32> {
@@ -434,13 +404,7 @@ impl Engine {
         &self,
         key: &str,
     ) -> Result<(Container, Vec<vic_tether::logs::Record>)> {
-        let view = self.container(key).await?;
-        let path = view.vm.files.join("output.log");
-        let bytes = if self.backend.storage.exists(&path).await? {
-            self.backend.storage.read_file(&path).await?
-        } else {
-            Vec::new()
-        };
+        let (view, bytes) = self.container_log_bytes(key, 0).await?;
         let mut reader = vic_tether::logs::Reader::new(&bytes[..]);
         let mut out = Vec::new();
         while let Some(r) = reader
@@ -450,6 +414,23 @@ impl Engine {
             out.push(r);
         }
         Ok((view.container, out))
+    }
+
+    /// The container now and the bytes of its log from `offset` on (a follower polls
+    /// this; the log only grows while the container exists).
+    pub async fn container_log_bytes(
+        &self,
+        key: &str,
+        offset: u64,
+    ) -> Result<(ContainerView, Vec<u8>)> {
+        let view = self.container(key).await?;
+        let path = view.vm.files.join("output.log");
+        let bytes = match self.backend.storage.read_file_from(&path, offset).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        Ok((view, bytes))
     }
 
     /// Renames a container.

@@ -102,6 +102,7 @@ pub struct Engine {
     /// Serializes container creation and renames, so names stay unique.
     pub(crate) names_lock: tokio::sync::Mutex<()>,
     pub(crate) events: crate::events::EventLog,
+    pub(crate) lifecycle: crate::lifecycle::Lifecycle,
     started: SystemTime,
 }
 
@@ -137,6 +138,7 @@ impl Engine {
             auth_lock: tokio::sync::Mutex::new(()),
             names_lock: tokio::sync::Mutex::new(()),
             events: Default::default(),
+            lifecycle: Default::default(),
             started: SystemTime::now(),
         }))
     }

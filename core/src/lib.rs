@@ -18,6 +18,7 @@ pub mod events;
 pub mod ids;
 pub mod image_ops;
 pub mod images;
+pub mod lifecycle;
 pub mod model;
 pub mod provider;
 pub mod pull;

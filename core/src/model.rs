@@ -19,6 +19,14 @@ pub mod keys {
     pub const CONTAINER: &str = "vice./container";
     /// The id of the VCH that owns the container.
     pub const VCH_ID: &str = "guestinfo.vice./common/vch";
+    /// Set (`"true"`) when a user stopped or killed the container, so that its restart
+    /// policy leaves it alone; cleared by the next start.
+    pub const MANUAL_STOP: &str = "vice./manualStop";
+    /// How often the restart policy restarted the container since its last manual start.
+    pub const RESTART_COUNT: &str = "vice./restartCount";
+    /// Finer limits than the VM's size, for the guest runner: JSON
+    /// `{"nano_cpus": N, "memory_bytes": N}` (Docker's `--cpus`, `--memory`).
+    pub const LIMITS: &str = "guestinfo.vice./limits";
 }
 
 /// A container's lifecycle state, as Docker names it.

@@ -110,6 +110,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         },
     )
     .await?;
+    // Restart policies, --rm and die events, also for containers that ended while no
+    // endpoint ran.
+    engine.supervise();
     serve(&args.hosts, Arc::new(AppState { engine })).await?;
     Ok(())
 }

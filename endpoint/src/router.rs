@@ -33,6 +33,14 @@ pub enum Op {
     ContainerStart,
     /// `POST /containers/{id}/stop`.
     ContainerStop,
+    /// `POST /containers/{id}/kill`
+    ContainerKill,
+    /// `POST /containers/{id}/restart`
+    ContainerRestart,
+    /// `POST /containers/{id}/resize`
+    ContainerResize,
+    /// `POST /containers/{id}/attach`
+    ContainerAttach,
     /// `POST /containers/{id}/wait`.
     ContainerWait,
     /// `GET /containers/{id}/logs`.
@@ -144,16 +152,16 @@ const ROUTES: &[(&str, &str, Op)] = &[
     ("GET", "/containers/{}/changes", Op::Unsupported),
     ("GET", "/containers/{}/export", Op::Unsupported),
     ("GET", "/containers/{}/stats", Op::Unsupported),
-    ("POST", "/containers/{}/resize", Op::Unsupported),
+    ("POST", "/containers/{}/resize", Op::ContainerResize),
     ("POST", "/containers/{}/start", Op::ContainerStart),
     ("POST", "/containers/{}/stop", Op::ContainerStop),
-    ("POST", "/containers/{}/restart", Op::Unsupported),
-    ("POST", "/containers/{}/kill", Op::Unsupported),
+    ("POST", "/containers/{}/restart", Op::ContainerRestart),
+    ("POST", "/containers/{}/kill", Op::ContainerKill),
     ("POST", "/containers/{}/update", Op::Unsupported),
     ("POST", "/containers/{}/rename", Op::ContainerRename),
     ("POST", "/containers/{}/pause", Op::Unsupported),
     ("POST", "/containers/{}/unpause", Op::Unsupported),
-    ("POST", "/containers/{}/attach", Op::Unsupported),
+    ("POST", "/containers/{}/attach", Op::ContainerAttach),
     ("GET", "/containers/{}/attach/ws", Op::Unsupported),
     ("POST", "/containers/{}/wait", Op::ContainerWait),
     ("DELETE", "/containers/{}", Op::ContainerDelete),
@@ -362,7 +370,9 @@ mod tests {
             (Op::ContainerInspect, vec!["abc".to_string()])
         );
         let r = route("POST", "/containers/abc/kill").unwrap();
-        assert_eq!((r.op, r.pattern), (Op::Unsupported, "/containers/{}/kill"));
+        assert_eq!((r.op, r.pattern), (Op::ContainerKill, "/containers/{}/kill"));
+        let r = route("POST", "/containers/abc/pause").unwrap();
+        assert_eq!((r.op, r.pattern), (Op::Unsupported, "/containers/{}/pause"));
         let r = route("GET", "/images/127.0.0.1:5000/lib/busybox/json").unwrap();
         assert_eq!(r.params, vec!["127.0.0.1:5000/lib/busybox".to_string()]);
         assert_eq!(

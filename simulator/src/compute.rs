@@ -576,6 +576,11 @@ impl Compute for Simulator {
                 .ok_or_else(|| Error::not_found("vm", vm.value.clone()))?;
             let (runner, gh) = txn.guest();
             runner.stop(&gh, &info)?;
+            // What the guest reported last (its exit status) stays in the VM's
+            // configuration, as guestinfo written by a real guest does.
+            if let crate::guest::GuestCheck::Exited(keys) = runner.check(&gh, &info) {
+                txn.touch_vm(&vm.value)?.extra_config.extend(keys);
+            }
             txn.on_rollback(move || {
                 let _ = runner.start(&gh, &info);
             });
@@ -700,6 +705,21 @@ impl Compute for Simulator {
         inv.vm(vm)?;
         inv.vm_info(&vm.value)
             .ok_or_else(|| Error::not_found("vm", vm.value.clone()))
+    }
+
+    async fn open_guest_stream(&self, vm: &MoRef) -> Result<vic_core::provider::GuestStream> {
+        let info = self.vm_info(vm).await?;
+        if info.power_state != PowerState::PoweredOn {
+            return Err(Error::InvalidState(format!(
+                "{} is not powered on",
+                info.name
+            )));
+        }
+        let folder = self.host_path(&info.files)?;
+        let stream = connect_guest(&folder).await.map_err(|e| {
+            Error::Unavailable(format!("the guest of {} does not answer: {e}", info.name))
+        })?;
+        Ok(Box::new(stream))
     }
 
     async fn list_vms(&self, pool: Option<&MoRef>) -> Result<Vec<VmInfo>> {
@@ -1234,4 +1254,22 @@ mod tests {
             PowerState::PoweredOff
         );
     }
+}
+
+/// Connects to the tether's attach socket in a VM folder; a folder path too long for a
+/// socket address is reached through `/proc/self/fd` of an open handle of it.
+async fn connect_guest(folder: &std::path::Path) -> std::io::Result<tokio::net::UnixStream> {
+    let direct = folder.join(vic_tether::attach::ATTACH_SOCKET);
+    if direct.as_os_str().len() < 100 {
+        return tokio::net::UnixStream::connect(&direct).await;
+    }
+    let dir = std::fs::File::open(folder)?;
+    let via = format!(
+        "/proc/self/fd/{}/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&dir),
+        vic_tether::attach::ATTACH_SOCKET
+    );
+    let s = tokio::net::UnixStream::connect(via).await;
+    drop(dir);
+    s
 }

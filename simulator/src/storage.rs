@@ -210,6 +210,21 @@ impl Storage for Simulator {
         fs::read(&host).map_err(|e| ds_io("read", path, e))
     }
 
+    async fn read_file_from(&self, path: &DsPath, offset: u64) -> Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let host = self.inner.roots.resolve(path, true)?;
+        let mut f = fs::File::open(&host).map_err(|e| ds_io("read", path, e))?;
+        if f.metadata().map_err(|e| ds_io("read", path, e))?.is_dir() {
+            return Err(Error::InvalidArgument(format!("{path} is a folder")));
+        }
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| ds_io("read", path, e))?;
+        let mut out = Vec::new();
+        f.read_to_end(&mut out)
+            .map_err(|e| ds_io("read", path, e))?;
+        Ok(out)
+    }
+
     async fn write_file(&self, path: &DsPath, data: &[u8]) -> Result<()> {
         check_not_root(path, "write")?;
         self.update("PutDatastoreFile", None, |txn| {

@@ -741,6 +741,34 @@ pub fn layered_image() -> Image {
     Image::new(Format::Docker, Platform::AMD64, layers, &["sh"])
 }
 
+/// The `users` image: busybox layer + a layer with `etc/passwd` (root, `app` 1000:1000
+/// with home `/home/app`, nobody) and `etc/group` (root, `app`, `staff` 50 with `app`
+/// as a member, nogroup), `Cmd ["sh"]`: for user and group resolution in containers.
+pub fn users_image() -> Image {
+    let etc = vec![
+        Entry::dir("etc", 0o755),
+        Entry::file(
+            "etc/passwd",
+            0o644,
+            b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        ),
+        Entry::file(
+            "etc/group",
+            0o644,
+            b"root:x:0:\napp:x:1000:\nstaff:x:50:app\nnogroup:x:65534:\n",
+        ),
+    ];
+    let layers = vec![
+        busybox_layer(),
+        Layer::from_entries(
+            "vic-tests fixtures: users: etc/passwd and etc/group",
+            &etc,
+            GZIP_LEVEL,
+        ),
+    ];
+    Image::new(Format::Docker, Platform::AMD64, layers, &["sh"])
+}
+
 /// The rootfs of [`layered_image`] once all four layers are applied, sorted as
 /// [`sort_entries`] does (no hard links: `data/link` is a plain file):
 ///
@@ -1275,6 +1303,11 @@ pub fn push_index(dest: impl Into<Dest>, repo: &str, tag: &str, index: &Index) -
 /// Builds and pushes [`busybox_image`].
 pub fn push_busybox(dest: impl Into<Dest>, repo: &str, tag: &str) -> Pushed {
     push_image(dest, repo, tag, &busybox_image())
+}
+
+/// Builds and pushes [`users_image`].
+pub fn push_users(dest: impl Into<Dest>, repo: &str, tag: &str) -> Pushed {
+    push_image(dest, repo, tag, &users_image())
 }
 
 /// Builds and pushes [`layered_image`].

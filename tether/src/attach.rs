@@ -18,6 +18,7 @@
 //! | `0x10` | client → tether  | stdin bytes                               |
 //! | `0x11` | client → tether  | close stdin (empty)                       |
 //! | `0x12` | client → tether  | TTY resize: rows, columns (2 × BE u16)    |
+//! | `0x13` | client → tether  | send a signal to the process (BE i32)     |
 //!
 //! A client gets the output produced while it is connected (the log file has the rest;
 //! with `Session::attach_wait` the process starts only once the first client is
@@ -65,6 +66,8 @@ pub enum Frame {
         /// Columns (width).
         cols: u16,
     },
+    /// Send this signal to the process (`docker kill`, `docker stop`).
+    Signal(i32),
 }
 
 impl Frame {
@@ -77,6 +80,7 @@ impl Frame {
             Self::Stdin(_) => 0x10,
             Self::CloseStdin => 0x11,
             Self::Resize { .. } => 0x12,
+            Self::Signal(_) => 0x13,
         }
     }
 
@@ -84,7 +88,7 @@ impl Frame {
     pub fn encode(&self) -> Vec<u8> {
         let payload: Vec<u8> = match self {
             Self::Stdout(d) | Self::Stderr(d) | Self::Stdin(d) => d.clone(),
-            Self::Exit(c) => c.to_be_bytes().to_vec(),
+            Self::Exit(c) | Self::Signal(c) => c.to_be_bytes().to_vec(),
             Self::CloseStdin => Vec::new(),
             Self::Resize { rows, cols } => [rows.to_be_bytes(), cols.to_be_bytes()].concat(),
         };
@@ -121,6 +125,9 @@ impl Frame {
                 rows: u16::from_be_bytes([p[0], p[1]]),
                 cols: u16::from_be_bytes([p[2], p[3]]),
             },
+            0x13 => Self::Signal(i32::from_be_bytes(
+                p.try_into().map_err(|_| invalid("bad signal frame"))?,
+            )),
             _ => return Err(invalid("bad attach frame")),
         };
         Ok(Some((f, HEADER_LEN + len)))
@@ -175,6 +182,7 @@ mod tests {
             Frame::Stdin(b"in".to_vec()),
             Frame::CloseStdin,
             Frame::Resize { rows: 24, cols: 80 },
+            Frame::Signal(10),
         ];
         let mut wire = Vec::new();
         for f in &frames {
@@ -198,6 +206,7 @@ mod tests {
             [0x12, 0, 0, 0, 4, 0, 1, 0, 2]
         );
         assert_eq!(Frame::Exit(143).encode(), [3, 0, 0, 0, 4, 0, 0, 0, 143]);
+        assert_eq!(Frame::Signal(15).encode(), [0x13, 0, 0, 0, 4, 0, 0, 0, 15]);
     }
 
     #[test]
@@ -207,6 +216,7 @@ mod tests {
         assert_eq!(Frame::decode(&wire).unwrap().unwrap().1, wire.len());
         assert!(Frame::decode(&[0x7f, 0, 0, 0, 0]).is_err());
         assert!(Frame::decode(&[0x12, 0, 0, 0, 1, 0]).is_err());
+        assert!(Frame::decode(&[0x13, 0, 0, 0, 2, 0, 9]).is_err());
         assert!(read_frame(&mut &wire[..4]).is_err());
     }
 }

@@ -315,4 +315,22 @@ pub trait Compute: Send + Sync + Debug {
     async fn list_vms(&self, pool: Option<&MoRef>) -> Result<Vec<VmInfo>>;
     /// Waits up to `timeout` for VM changes after `version` (0: everything now).
     async fn wait_for_updates(&self, version: u64, timeout: Duration) -> Result<VmUpdates>;
+
+    /// Opens the live stream of a powered-on VM's guest: the serial-port connection the
+    /// tether serves, carrying its attach protocol (`vic_tether::attach`): output and
+    /// exit frames from the guest; stdin, resize and signal frames to it. Backends
+    /// whose guests cannot be reached answer `NotSupported`.
+    async fn open_guest_stream(&self, vm: &MoRef) -> Result<GuestStream> {
+        Err(crate::Error::NotSupported(format!(
+            "this backend cannot reach the guest of {vm} (attach, kill and resize need it)"
+        )))
+    }
 }
+
+/// A byte stream to a guest (see [`Compute::open_guest_stream`]).
+pub trait GuestIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + Debug {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + Debug> GuestIo for T {}
+
+/// An open guest stream.
+pub type GuestStream = Box<dyn GuestIo>;

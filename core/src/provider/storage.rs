@@ -69,6 +69,14 @@ pub trait Storage: Send + Sync + Debug {
     async fn exists(&self, path: &DsPath) -> Result<bool>;
     /// A whole file.
     async fn read_file(&self, path: &DsPath) -> Result<Vec<u8>>;
+    /// The bytes of a file from `offset` on (empty at or past its end); what
+    /// `docker logs -f` polls. The default reads the whole file.
+    async fn read_file_from(&self, path: &DsPath, offset: u64) -> Result<Vec<u8>> {
+        let mut all = self.read_file(path).await?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(all.len());
+        all.drain(..start);
+        Ok(all)
+    }
     /// Writes a whole file, replacing it atomically: readers see the old or the new.
     async fn write_file(&self, path: &DsPath, data: &[u8]) -> Result<()>;
     /// Moves a file or folder (`MoveDatastoreFile_Task`); fails if `to` exists.

@@ -639,21 +639,50 @@ pub async fn start(engine: &Engine, key: &str) -> Result<Reply, Error> {
     Ok(crate::http::reply(status, "text/plain", ""))
 }
 
-/// `POST /containers/{id}/stop`: 204, or 304 when it was not running. The guest gets
-/// its stop signal and is killed after the runner's grace period; a per-call `t` other
-/// than the default is not supported yet.
-pub async fn stop(engine: &Engine, key: &str, q: &[(String, String)]) -> Result<Reply, Error> {
-    if let Some(t) = query_get(q, "t").filter(|t| !t.is_empty() && *t != "10") {
-        return Err(Error::NotSupported(format!(
-            "vic does not support a stop timeout other than 10 seconds yet (t={t})"
-        )));
+fn stop_timeout(q: &[(String, String)]) -> Result<Option<i64>, Error> {
+    match query_get(q, "t").filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(t) => t
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::InvalidArgument(format!("invalid stop timeout t={t:?}"))),
     }
-    let status = if engine.stop_container(key).await? {
+}
+
+/// `POST /containers/{id}/stop?t=N`: 204, or 304 when it was not running. The guest
+/// gets its stop signal; its VM is powered off after `t` seconds (default: the
+/// container's stop timeout, else 10; -1: wait for ever).
+pub async fn stop(engine: &Engine, key: &str, q: &[(String, String)]) -> Result<Reply, Error> {
+    let status = if engine.stop_container(key, stop_timeout(q)?).await? {
         StatusCode::NO_CONTENT
     } else {
         StatusCode::NOT_MODIFIED
     };
     Ok(crate::http::reply(status, "text/plain", ""))
+}
+
+/// `POST /containers/{id}/restart?t=N`.
+pub async fn restart(engine: &Engine, key: &str, q: &[(String, String)]) -> Result<Reply, Error> {
+    engine.restart_container(key, stop_timeout(q)?).await?;
+    Ok(crate::http::reply(StatusCode::NO_CONTENT, "text/plain", ""))
+}
+
+/// `POST /containers/{id}/kill?signal=S` (default SIGKILL).
+pub async fn kill(engine: &Engine, key: &str, q: &[(String, String)]) -> Result<Reply, Error> {
+    engine.kill_container(key, query_get(q, "signal")).await?;
+    Ok(crate::http::reply(StatusCode::NO_CONTENT, "text/plain", ""))
+}
+
+/// `POST /containers/{id}/resize?h=ROWS&w=COLS`.
+pub async fn resize(engine: &Engine, key: &str, q: &[(String, String)]) -> Result<Reply, Error> {
+    let dim = |k: &str| -> Result<u16, Error> {
+        let v = query_get(q, k).unwrap_or_default();
+        v.parse()
+            .map_err(|_| Error::InvalidArgument(format!("invalid {k}={v:?}: a number 0..65535")))
+    };
+    let (h, w) = (dim("h")?, dim("w")?);
+    engine.resize_container(key, h, w).await?;
+    Ok(crate::http::reply(StatusCode::OK, "text/plain", ""))
 }
 
 /// `POST /containers/{id}/wait` (conditions `not-running`, `next-exit`, `removed`).
@@ -695,16 +724,76 @@ pub async fn wait(
     Ok(r)
 }
 
-/// `GET /containers/{id}/logs` (stdout, stderr, timestamps, tail, since, until); the
-/// multiplexed stream framing without a TTY, raw with one.
-pub async fn logs(engine: &Engine, key: &str, q: &[(String, String)]) -> Result<Reply, Error> {
-    let flag = |k: &str| matches!(query_get(q, k), Some("1" | "true" | "True"));
-    if flag("follow") {
-        return Err(Error::NotSupported(
-            "vic does not support docker logs --follow yet".into(),
-        ));
+/// What `docker logs` asked for.
+#[derive(Clone, Copy, Debug)]
+struct LogFilter {
+    stdout: bool,
+    stderr: bool,
+    timestamps: bool,
+    since: Option<u64>,
+    until: Option<u64>,
+    tty: bool,
+}
+
+impl LogFilter {
+    fn keeps(&self, r: &vic_tether::logs::Record) -> bool {
+        use vic_tether::logs::Stream;
+        (match r.stream {
+            Stream::Stdout => self.stdout,
+            Stream::Stderr => self.stderr,
+        }) && self.since.is_none_or(|s| r.nanos >= s)
+            && self.until.is_none_or(|u| r.nanos <= u)
     }
-    let (out, err, stamps) = (flag("stdout"), flag("stderr"), flag("timestamps"));
+
+    /// A record as the client gets it: the multiplexed framing without a TTY.
+    fn render(&self, r: &vic_tether::logs::Record, body: &mut Vec<u8>) {
+        let mut data = Vec::new();
+        if self.timestamps {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(r.nanos);
+            data.extend_from_slice(humantime::format_rfc3339_nanos(t).to_string().as_bytes());
+            data.push(b' ');
+        }
+        data.extend_from_slice(&r.data);
+        if !self.tty {
+            body.push(r.stream as u8);
+            body.extend_from_slice(&[0, 0, 0]);
+            body.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        }
+        body.extend_from_slice(&data);
+    }
+}
+
+/// Decodes the whole records at the start of `buf`; returns them and the bytes used.
+fn decode_records(buf: &[u8], id: &str) -> Result<(Vec<vic_tether::logs::Record>, usize), Error> {
+    let mut used = 0;
+    let mut out = Vec::new();
+    while let Some((r, n)) = vic_tether::logs::Record::decode(&buf[used..])
+        .map_err(|e| Error::Internal(format!("unreadable log of {id}: {e}")))?
+    {
+        used += n;
+        out.push(r);
+    }
+    Ok((out, used))
+}
+
+/// How often `docker logs -f` looks for new output.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// `GET /containers/{id}/logs` (follow, stdout, stderr, timestamps, tail, since,
+/// until); the multiplexed stream framing without a TTY, raw with one. Following ends
+/// when the container has stopped and its log is read to the end.
+pub async fn logs(
+    engine: &std::sync::Arc<Engine>,
+    key: &str,
+    q: &[(String, String)],
+) -> Result<Reply, Error> {
+    let flag = |k: &str| matches!(query_get(q, k), Some("1" | "true" | "True"));
+    let (out, err, stamps, follow) = (
+        flag("stdout"),
+        flag("stderr"),
+        flag("timestamps"),
+        flag("follow"),
+    );
     if !out && !err {
         return Err(Error::InvalidArgument(
             "Bad parameters: you must choose at least one stream".into(),
@@ -722,45 +811,85 @@ pub async fn logs(engine: &Engine, key: &str, q: &[(String, String)]) -> Result<
         }
     };
     let (since, until) = (time("since")?, time("until")?);
-    let (c, records) = engine.container_logs(key).await?;
-    use vic_tether::logs::Stream;
-    let mut kept: Vec<_> = records
-        .into_iter()
-        .filter(|r| match r.stream {
-            Stream::Stdout => out,
-            Stream::Stderr => err,
-        })
-        .filter(|r| since.is_none_or(|s| r.nanos >= s) && until.is_none_or(|u| r.nanos <= u))
-        .collect();
-    if let Some(n) = query_get(q, "tail").filter(|t| *t != "all" && !t.is_empty()) {
-        let n: usize = n
-            .parse()
-            .map_err(|_| Error::InvalidArgument(format!("invalid tail {n:?}")))?;
+    let tail = match query_get(q, "tail").filter(|t| *t != "all" && !t.is_empty()) {
+        Some(n) => Some(
+            n.parse::<usize>()
+                .map_err(|_| Error::InvalidArgument(format!("invalid tail {n:?}")))?,
+        ),
+        None => None,
+    };
+    let (view, bytes) = engine.container_log_bytes(key, 0).await?;
+    let id = view.container.id.clone();
+    let filter = LogFilter {
+        stdout: out,
+        stderr: err,
+        timestamps: stamps,
+        since,
+        until,
+        tty: view.container.config.tty,
+    };
+    let (records, used) = decode_records(&bytes, &id)?;
+    let mut kept: Vec<_> = records.into_iter().filter(|r| filter.keeps(r)).collect();
+    if let Some(n) = tail {
         let skip = kept.len().saturating_sub(n);
         kept.drain(..skip);
     }
     let mut body = Vec::new();
-    for r in kept {
-        let mut data = Vec::new();
-        if stamps {
-            let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(r.nanos);
-            data.extend_from_slice(humantime::format_rfc3339_nanos(t).to_string().as_bytes());
-            data.push(b' ');
-        }
-        data.extend_from_slice(&r.data);
-        if !c.config.tty {
-            body.push(r.stream as u8);
-            body.extend_from_slice(&[0, 0, 0]);
-            body.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        }
-        body.extend_from_slice(&data);
+    for r in &kept {
+        filter.render(r, &mut body);
     }
-    let ct = if c.config.tty {
+    let ct = if filter.tty {
         "application/vnd.docker.raw-stream"
     } else {
         "application/vnd.docker.multiplexed-stream"
     };
-    Ok(crate::http::reply(StatusCode::OK, ct, body))
+    if !follow {
+        return Ok(crate::http::reply(StatusCode::OK, ct, body));
+    }
+    let (tx, stream) = crate::http::channel_body(16);
+    let engine = engine.clone();
+    let mut offset = used as u64;
+    let mut rest = bytes[used..].to_vec();
+    tokio::spawn(async move {
+        if !body.is_empty() && tx.send(bytes::Bytes::from(body)).await.is_err() {
+            return;
+        }
+        loop {
+            let Ok((view, more)) = engine
+                .container_log_bytes(&id, offset + rest.len() as u64)
+                .await
+            else {
+                return;
+            };
+            let running = view.vm.power_state != vic_core::provider::PowerState::PoweredOff;
+            rest.extend_from_slice(&more);
+            let Ok((records, n)) = decode_records(&rest, &id) else {
+                return;
+            };
+            rest.drain(..n);
+            offset += n as u64;
+            let mut chunk = Vec::new();
+            for r in records.iter().filter(|r| filter.keeps(r)) {
+                filter.render(r, &mut chunk);
+            }
+            if !chunk.is_empty() && tx.send(bytes::Bytes::from(chunk)).await.is_err() {
+                return;
+            }
+            if !running && more.is_empty() {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(FOLLOW_POLL) => {}
+                () = tx.closed() => return,
+            }
+        }
+    });
+    let mut r = hyper::Response::new(stream);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(ct),
+    );
+    Ok(r)
 }
 
 /// `POST /containers/{id}/rename`.

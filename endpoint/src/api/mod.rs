@@ -1,6 +1,7 @@
 //! One module per Docker API resource: each parses requests into engine calls and
 //! renders the engine's answers as Docker's JSON.
 
+pub mod attach;
 pub mod containers;
 pub mod events;
 pub mod filters;

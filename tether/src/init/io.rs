@@ -40,6 +40,8 @@ pub struct Hub {
     /// The pty master, for resizes.
     pty: Mutex<Option<File>>,
     stdin_once: bool,
+    /// The process's PID once it runs (0 before), for signal frames.
+    pid: std::sync::atomic::AtomicI32,
 }
 
 impl Hub {
@@ -53,7 +55,13 @@ impl Hub {
             stdin: Mutex::new(None),
             pty: Mutex::new(None),
             stdin_once,
+            pid: std::sync::atomic::AtomicI32::new(0),
         }
+    }
+
+    /// Set the process's PID, which signal frames go to.
+    pub fn set_pid(&self, pid: libc::pid_t) {
+        self.pid.store(pid, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Set the pty master that resizes apply to.
@@ -163,6 +171,13 @@ impl Hub {
                         && let Err(e) = sys::set_winsize(p.as_raw_fd(), rows, cols)
                     {
                         eprintln!("tether: resize: {e}");
+                    }
+                }
+                Frame::Signal(sig) => {
+                    let pid = self.pid.load(std::sync::atomic::Ordering::SeqCst);
+                    // SAFETY: kill with a PID of our own child (never 0 or negative).
+                    if pid > 0 && unsafe { libc::kill(pid, sig) } < 0 {
+                        eprintln!("tether: signal {sig}: {}", std::io::Error::last_os_error());
                     }
                 }
                 // Output frames from a client mean nothing.

@@ -41,6 +41,9 @@ use crate::user::{self, DEFAULT_PATH, env_get};
 use self::io::Hub;
 use self::process::{Spawn, Stdio};
 
+/// How long `attach_wait` holds the process back for its first attach client.
+const ATTACH_WAIT_MAX: Duration = Duration::from_secs(30);
+
 /// The signals forwarded to the process.
 pub const FORWARDED: [libc::c_int; 10] = [
     libc::SIGTERM,
@@ -257,7 +260,10 @@ impl Guest {
         };
         io::serve_attach(hub.clone(), listener).map_err(setup("attach thread".into()))?;
         if s.attach_wait {
-            while !hub.wait_for_client(Duration::from_millis(100)) {
+            // Bounded: a client that never comes (its endpoint died) must not keep the
+            // container from running.
+            let until = Instant::now() + ATTACH_WAIT_MAX;
+            while !hub.wait_for_client(Duration::from_millis(100)) && Instant::now() < until {
                 if let Some(sig) = sys::wait_signal(&signals, Some(Duration::ZERO))
                     && sig != libc::SIGCHLD
                     && sig != libc::SIGWINCH
@@ -275,6 +281,7 @@ impl Guest {
         }
 
         let pid = process::spawn(&spawn, ends).map_err(|f| (f, Some(hub.clone())))?;
+        hub.set_pid(pid);
         let started_at = SystemTime::now();
         let (done_tx, drained) = mpsc::channel();
         let outputs = outputs

@@ -1,0 +1,406 @@
+//! `docker run` in the foreground (attach, `-i`, `-t`, `--rm`), `logs -f`, `stop -t`,
+//! `kill -s`, `restart`, restart policies, and a kill -9 of the endpoint with fifteen
+//! containers, all with the real docker CLI against the endpoint on the simulator.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use vic_tests::fixtures::{Pushed, push_busybox, push_users};
+use vic_tests::registry::TestRegistry;
+use vic_tests::{DockerClient, Endpoint, docker, docker_command, ok, stderr, stdout, wait_until};
+
+/// The simulator's guest runner needs root until it has user namespaces.
+fn can_run_guests() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    reg: TestRegistry,
+    bb: Pushed,
+    state: std::path::PathBuf,
+    args: Vec<String>,
+    ep: Option<Endpoint>,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = TestRegistry::start(&dir.path().join("registry"), None);
+        let bb = push_busybox(&reg, "busybox", "latest");
+        let state = dir.path().join("state");
+        let args = vec!["--insecure-registry".to_string(), reg.addr().to_string()];
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let ep = Endpoint::start(&state, &a);
+        ok(&docker(&ep.host(), &["pull", &bb.reference]), "pull");
+        Setup {
+            _dir: dir,
+            reg,
+            bb,
+            state,
+            args,
+            ep: Some(ep),
+        }
+    }
+
+    fn h(&self) -> String {
+        self.ep.as_ref().unwrap().host()
+    }
+
+    fn d(&self, args: &[&str]) -> Output {
+        docker(&self.h(), args)
+    }
+
+    fn restart_endpoint(&mut self) {
+        self.ep.take().unwrap().kill9();
+        let a: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.ep = Some(Endpoint::start(&self.state, &a));
+    }
+
+    fn state_of(&self, name: &str) -> String {
+        ok(
+            &self.d(&[
+                "inspect",
+                name,
+                "--format",
+                "{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}",
+            ]),
+            "inspect",
+        )
+        .trim()
+        .to_string()
+    }
+}
+
+#[test]
+fn foreground_runs_stdin_tty_and_image_config() {
+    if !can_run_guests() {
+        eprintln!("skipped: the simulator's guest runner needs root");
+        return;
+    }
+    let s = Setup::new();
+    let img = s.bb.reference.as_str();
+
+    // --rm: output, exit 0, and the container is gone.
+    let o = s.d(&["run", "--rm", "--name", "hello", img, "echo", "hello"]);
+    assert_eq!(ok(&o, "run --rm"), "hello\n", "{}", stderr(&o));
+    let all = ok(&s.d(&["ps", "-a", "--format", "{{.Names}}"]), "ps -a");
+    assert!(!all.contains("hello"), "--rm left {all}");
+
+    // The exit code and stderr come through.
+    let o = s.d(&[
+        "run",
+        "--name",
+        "three",
+        img,
+        "sh",
+        "-c",
+        "echo err >&2; exit 3",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "err\n");
+    assert_eq!(s.state_of("three"), "exited 3 0");
+
+    // stdin.
+    let mut child = docker_command(tempfile::tempdir().unwrap().path())
+        .args(["-H", &s.h(), "run", "-i", "--rm", img, "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hi\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(ok(&o, "run -i"), "hi\n");
+
+    // A TTY, under script(1) so the CLI has a terminal.
+    let cfg = tempfile::tempdir().unwrap();
+    let cmd = format!(
+        "DOCKER_CONFIG={} timeout 120 docker -H {} run -t --rm {img} sh -c 'tty; stty size'",
+        cfg.path().display(),
+        s.h()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("COLUMNS", "100")
+        .env("LINES", "30")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = stdout(&o);
+    assert!(o.status.success(), "run -t: {text}{}", stderr(&o));
+    assert!(text.contains("/dev/pts/"), "not a TTY: {text:?}");
+    assert!(!text.contains("not a tty"), "{text:?}");
+
+    // Env, working dir, user, entrypoint and cmd from the flags.
+    let o = s.d(&[
+        "run",
+        "--rm",
+        "-e",
+        "FOO=bar",
+        "-w",
+        "/tmp/work",
+        "-u",
+        "65534:65534",
+        "--entrypoint",
+        "sh",
+        img,
+        "-c",
+        "echo $FOO; pwd; id -u; id -g",
+    ]);
+    assert_eq!(ok(&o, "run with flags"), "bar\n/tmp/work\n65534\n65534\n");
+
+    // A user by name from the image's /etc/passwd, with its groups and home.
+    let users = push_users(&s.reg, "users", "latest");
+    ok(&s.d(&["pull", &users.reference]), "pull users");
+    let o = s.d(&[
+        "run",
+        "--rm",
+        "-u",
+        "app",
+        &users.reference,
+        "sh",
+        "-c",
+        "id; echo $HOME",
+    ]);
+    assert_eq!(
+        ok(&o, "run -u app"),
+        "uid=1000(app) gid=1000(app) groups=50(staff)\n/home/app\n"
+    );
+    ok(&s.d(&["rm", "three"]), "rm");
+}
+
+#[test]
+fn detached_web_logs_follow_stop_kill_restart() {
+    if !can_run_guests() {
+        eprintln!("skipped: the simulator's guest runner needs root");
+        return;
+    }
+    let s = Setup::new();
+    let img = s.bb.reference.as_str();
+
+    ok(
+        &s.d(&[
+            "run", "-d", "--name", "web", img, "httpd", "-f", "-p", "8080",
+        ]),
+        "run -d web",
+    );
+    let ps = ok(&s.d(&["ps", "--format", "{{.Names}} {{.State}}"]), "ps");
+    assert_eq!(ps.trim(), "web running");
+
+    // logs -f follows a container until it ends.
+    ok(
+        &s.d(&[
+            "run",
+            "-d",
+            "--name",
+            "counter",
+            img,
+            "sh",
+            "-c",
+            "for i in 1 2 3; do echo $i; sleep 0.5; done",
+        ]),
+        "run -d counter",
+    );
+    let o = s.d(&["logs", "-f", "counter"]);
+    assert_eq!(ok(&o, "logs -f"), "1\n2\n3\n");
+
+    // stop: SIGTERM ends httpd (143); start; restart.
+    ok(&s.d(&["stop", "web"]), "stop web");
+    assert_eq!(s.state_of("web"), "exited 143 0");
+    ok(&s.d(&["start", "web"]), "start web");
+    assert!(s.state_of("web").starts_with("running"));
+    ok(&s.d(&["restart", "-t", "1", "web"]), "restart web");
+    assert!(s.state_of("web").starts_with("running"));
+
+    // kill -s USR1 reaches the process, which keeps running.
+    ok(
+        &s.d(&[
+            "run",
+            "-d",
+            "--name",
+            "trapper",
+            img,
+            "sh",
+            "-c",
+            "trap 'echo got usr1' USR1; trap '' TERM; echo ready; while true; do sleep 0.1; done",
+        ]),
+        "run -d trapper",
+    );
+    wait_until(Duration::from_secs(10), "trapper ready", || {
+        stdout(&s.d(&["logs", "trapper"]))
+            .contains("ready")
+            .then_some(())
+    });
+    ok(&s.d(&["kill", "-s", "USR1", "trapper"]), "kill -s USR1");
+    wait_until(Duration::from_secs(10), "USR1 handled", || {
+        stdout(&s.d(&["logs", "trapper"]))
+            .contains("got usr1")
+            .then_some(())
+    });
+    assert!(s.state_of("trapper").starts_with("running"));
+
+    // stop -t 1 of a process that ignores SIGTERM: killed after the timeout (137).
+    let t = Instant::now();
+    ok(&s.d(&["stop", "-t", "1", "trapper"]), "stop -t 1");
+    let took = t.elapsed();
+    assert_eq!(s.state_of("trapper"), "exited 137 0");
+    assert!(took < Duration::from_secs(8), "stop -t 1 took {took:?}");
+
+    // kill of a stopped container is refused; a bad signal too.
+    let o = s.d(&["kill", "trapper"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("is not running"), "{}", stderr(&o));
+    let o = s.d(&["kill", "-s", "SIGNOPE", "web"]);
+    assert!(stderr(&o).contains("Invalid signal"), "{}", stderr(&o));
+    assert!(s.state_of("web").starts_with("running"));
+
+    // rm -f of a running container.
+    ok(&s.d(&["rm", "-f", "web", "counter", "trapper"]), "rm -f");
+    let all = ok(&s.d(&["ps", "-aq"]), "ps -aq");
+    assert_eq!(all.trim(), "");
+}
+
+#[test]
+fn restart_policies() {
+    if !can_run_guests() {
+        eprintln!("skipped: the simulator's guest runner needs root");
+        return;
+    }
+    let s = Setup::new();
+    let img = s.bb.reference.as_str();
+    ok(
+        &s.d(&[
+            "run",
+            "-d",
+            "--name",
+            "flaky",
+            "--restart",
+            "on-failure:2",
+            img,
+            "sh",
+            "-c",
+            "exit 1",
+        ]),
+        "run on-failure",
+    );
+    ok(
+        &s.d(&[
+            "run",
+            "-d",
+            "--name",
+            "fine",
+            "--restart",
+            "on-failure",
+            img,
+            "true",
+        ]),
+        "run on-failure ok",
+    );
+    ok(
+        &s.d(&[
+            "run",
+            "-d",
+            "--name",
+            "always",
+            "--restart",
+            "always",
+            img,
+            "sh",
+            "-c",
+            "sleep 0.2",
+        ]),
+        "run always",
+    );
+    wait_until(Duration::from_secs(30), "flaky restarted twice", || {
+        (s.state_of("flaky") == "exited 1 2").then_some(())
+    });
+    wait_until(Duration::from_secs(30), "always restarted", || {
+        let st = s.state_of("always");
+        let n: u32 = st.rsplit(' ').next().unwrap().parse().unwrap();
+        (n >= 2).then_some(())
+    });
+    // on-failure leaves a clean exit alone.
+    wait_until(Duration::from_secs(10), "fine exited", || {
+        (s.state_of("fine") == "exited 0 0").then_some(())
+    });
+    // A stopped "always" container stays stopped.
+    ok(&s.d(&["stop", "-t", "1", "always"]), "stop always");
+    let st = s.state_of("always");
+    assert!(st.starts_with("exited"), "{st}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(s.state_of("always"), st);
+    ok(&s.d(&["rm", "-f", "flaky", "fine", "always"]), "rm");
+}
+
+#[test]
+fn fifteen_containers_survive_a_kill_9_of_the_endpoint() {
+    if !can_run_guests() {
+        eprintln!("skipped: the simulator's guest runner needs root");
+        return;
+    }
+    let mut s = Setup::new();
+    let img = s.bb.reference.clone();
+    let client = DockerClient::new(&s.h());
+    for i in 0..10 {
+        let name = format!("run{i}");
+        ok(
+            &client.run(&["run", "-d", "--name", &name, &img, "sleep", "600"]),
+            "run -d",
+        );
+    }
+    for i in 0..5 {
+        let name = format!("done{i}");
+        let code = (i + 1).to_string();
+        // The last two end while the endpoint is down.
+        let script = if i < 3 {
+            format!("exit {code}")
+        } else {
+            format!("sleep 2; echo bye; exit {code}")
+        };
+        ok(
+            &client.run(&["run", "-d", "--name", &name, &img, "sh", "-c", &script]),
+            "run -d",
+        );
+    }
+    for i in 0..3 {
+        assert_eq!(
+            ok(&s.d(&["wait", &format!("done{i}")]), "wait").trim(),
+            (i + 1).to_string()
+        );
+    }
+    s.restart_endpoint();
+    std::thread::sleep(Duration::from_secs(3));
+    let expect = |name: &str, want: &str| {
+        wait_until(Duration::from_secs(20), name, || {
+            let st = s.state_of(name);
+            st.starts_with(want).then_some(())
+        });
+    };
+    for i in 0..10 {
+        expect(&format!("run{i}"), "running");
+    }
+    for i in 0..5 {
+        expect(&format!("done{i}"), &format!("exited {}", i + 1));
+    }
+    let all = ok(&s.d(&["ps", "-a", "--format", "{{.Names}}"]), "ps -a");
+    assert_eq!(all.lines().count(), 15, "{all}");
+    assert_eq!(stdout(&s.d(&["logs", "done4"])), "bye\n");
+    // logs -f reconnects to a running one and ends when it is stopped.
+    let h = s.h();
+    let follower = std::thread::spawn(move || docker(&h, &["logs", "-f", "run0"]));
+    std::thread::sleep(Duration::from_millis(500));
+    ok(&s.d(&["stop", "-t", "1", "run0"]), "stop run0");
+    let o = follower.join().unwrap();
+    assert!(o.status.success(), "logs -f: {}", stderr(&o));
+    let names: Vec<String> = (0..10)
+        .map(|i| format!("run{i}"))
+        .chain((0..5).map(|i| format!("done{i}")))
+        .collect();
+    let mut rm = vec!["rm", "-f"];
+    rm.extend(names.iter().map(String::as_str));
+    ok(&s.d(&rm), "rm -f all");
+}
