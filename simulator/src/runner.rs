@@ -459,20 +459,23 @@ impl GuestRunner for TetherRunner {
 
     fn stop(&self, host: &GuestHost, vm: &VmInfo) -> Result<()> {
         let folder = host.host_path(&vm.files)?;
+        let mut gone = true;
         if let Some(g) = read_guest(&folder)
             && g.alive()
         {
             debug!(vm = %vm.name, pid = g.pid, "powering the guest off: SIGKILL");
-            if g.kill_and_wait(libc::SIGKILL, KILL_WAIT) {
-                record_killed(&folder, 128 + libc::SIGKILL);
-            } else {
+            gone = g.kill_and_wait(libc::SIGKILL, KILL_WAIT);
+            if !gone {
                 // Its processes are going (the kernel tears the PID namespace down);
-                // the VM is off. The status says so already.
+                // the VM is off all the same.
                 warn!(vm = %vm.name, pid = g.pid, wait = ?KILL_WAIT, "the guest is still going after SIGKILL");
-                record_killed(&folder, 128 + libc::SIGKILL);
             }
+            record_killed(&folder, 128 + libc::SIGKILL);
         }
         unmount(&folder.join(ROOTFS_DIR));
+        if gone {
+            remove_work_dir(&folder);
+        }
         cgroup::release(&folder, CGROUP_RELEASE_WAIT);
         Ok(())
     }
@@ -514,6 +517,7 @@ impl GuestRunner for TetherRunner {
     fn release(&self, host: &GuestHost, vm: &VmInfo) -> Result<()> {
         let folder = host.host_path(&vm.files)?;
         unmount(&folder.join(ROOTFS_DIR));
+        remove_work_dir(&folder);
         cgroup::release(&folder, CGROUP_RELEASE_WAIT);
         Ok(())
     }
@@ -1103,6 +1107,30 @@ fn unmount(path: &Path) {
     }
 }
 
+/// Removes the overlay work folder of a guest that is gone. Overlay leaves
+/// `work/work` with mode 000: removable by root only, unless made accessible first
+/// (the folder of a non-root runner's VM could not be deleted otherwise).
+fn remove_work_dir(folder: &Path) {
+    let work = folder.join(WORK_DIR);
+    fn open_up(dir: &Path) {
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+        if let Ok(entries) = fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    open_up(&e.path());
+                }
+            }
+        }
+    }
+    if !work.is_dir() {
+        return;
+    }
+    open_up(&work);
+    if let Err(e) = fs::remove_dir_all(&work) {
+        warn!(path = %work.display(), error = %e, "cannot remove the overlay work folder");
+    }
+}
+
 fn remove_if_exists(p: &Path) -> io::Result<()> {
     match fs::remove_file(p) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -1428,6 +1456,10 @@ mod tests {
         assert!(folder.join(CONFIG_FILE).is_file());
         // the guest's root was unmounted when it ended
         assert_eq!(fs::read_dir(folder.join(ROOTFS_DIR)).unwrap().count(), 0);
+        assert!(
+            !folder.join(WORK_DIR).exists(),
+            "the overlay work folder went too"
+        );
         let kinds: Vec<String> = sim.events().into_iter().map(|e| e.kind).collect();
         assert_eq!(kinds.last().unwrap(), "VmPoweredOffEvent");
         // the VM can run again: a restart appends to the log
@@ -1918,6 +1950,8 @@ mod tests {
         // Without permission to make cgroups the guest runs without them.
         let folder = sim.host_path(&info.files).unwrap();
         assert!(!folder.join(cgroup::CGROUPS_FILE).exists());
+        // Nothing the guest left keeps its user from deleting the VM's folder.
+        fs::remove_dir_all(&folder).unwrap();
 
         // Root in the guest is the endpoint's user; the guest has its own host name,
         // proc, devices, sysfs and a loopback that is up.
