@@ -341,6 +341,17 @@ impl Engine {
             annotation: format!("vic container {name} ({})", container.image),
         };
         spec.extra_config.extend(guest_config(&container).to_keys());
+        // The VM is sized in whole vCPUs and MiB; the exact `--cpus` and `--memory`
+        // go to the guest runner as finer limits.
+        let hc = &container.host_config;
+        if hc.memory != 0 || hc.nano_cpus != 0 {
+            let limits = serde_json::json!({
+                "nano_cpus": (hc.nano_cpus != 0).then_some(hc.nano_cpus),
+                "memory_bytes": (hc.memory != 0).then_some(hc.memory),
+            });
+            spec.extra_config
+                .insert(keys::LIMITS.to_string(), limits.to_string());
+        }
         self.backend.compute.create_vm(&spec).await?;
         info!(container = %id, %name, "container created");
         self.events.emit(

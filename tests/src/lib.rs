@@ -73,6 +73,17 @@ impl Endpoint {
 
     /// As [`Endpoint::start`], with extra environment variables.
     pub fn start_with_env(state: &Path, extra: &[&str], env: &[(&str, &str)]) -> Endpoint {
+        Self::start_as(state, extra, env, None)
+    }
+
+    /// As [`Endpoint::start_with_env`], as the user `uid:gid` (without supplementary
+    /// groups) when given: how a laptop user runs it.
+    pub fn start_as(
+        state: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        user: Option<(u32, u32)>,
+    ) -> Endpoint {
         let port = free_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let log = state.with_extension(format!("endpoint-{port}.log"));
@@ -90,6 +101,11 @@ impl Endpoint {
             .stderr(logf);
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some((uid, gid)) = user {
+            use std::os::unix::process::CommandExt;
+            // std drops the supplementary groups when it changes the uid.
+            cmd.uid(uid).gid(gid);
         }
         let child = cmd.spawn().expect("start vic-endpoint");
         let mut ep = Endpoint {

@@ -404,3 +404,71 @@ fn fifteen_containers_survive_a_kill_9_of_the_endpoint() {
     rm.extend(names.iter().map(String::as_str));
     ok(&s.d(&rm), "rm -f all");
 }
+
+/// The cgroup (v1 or v2) file `name` of the controller `ctrl` that process `pid` is in.
+fn cgroup_file(pid: &str, ctrl: &str, name: &str) -> Option<String> {
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    for line in cg.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let (base, file) = if ctrls.split(',').any(|c| c == ctrl) {
+            (format!("/sys/fs/cgroup/{ctrl}"), name.to_string())
+        } else if ctrls.is_empty() {
+            let v2 = match name {
+                "memory.limit_in_bytes" => "memory.max",
+                "cpu.cfs_quota_us" => "cpu.max",
+                other => other,
+            };
+            ("/sys/fs/cgroup".to_string(), v2.to_string())
+        } else {
+            continue;
+        };
+        if let Ok(v) = std::fs::read_to_string(format!("{base}{path}/{file}")) {
+            return Some(v.trim().to_string());
+        }
+    }
+    None
+}
+
+#[test]
+fn memory_and_cpus_limit_the_guest() {
+    if !can_run_guests() {
+        eprintln!("skipped: the simulator's guest runner needs root");
+        return;
+    }
+    let s = Setup::new();
+    let img = s.bb.reference.as_str();
+    let id = ok(
+        &s.d(&[
+            "run", "-d", "--memory", "64m", "--cpus", "0.5", "--name", "small", img, "sleep", "600",
+        ]),
+        "run -d --memory --cpus",
+    );
+    let folder = s.state.join("datastores/LocalDS_0").join(id.trim());
+    let pid_line = std::fs::read_to_string(folder.join("guest.pid")).unwrap();
+    let pid = pid_line.split_whitespace().next().unwrap().to_string();
+    let mem = cgroup_file(&pid, "memory", "memory.limit_in_bytes").expect("memory cgroup");
+    assert_eq!(mem, (64u64 << 20).to_string());
+    let quota = cgroup_file(&pid, "cpu", "cpu.cfs_quota_us").expect("cpu cgroup");
+    let period = cgroup_file(&pid, "cpu", "cpu.cfs_period_us").unwrap_or_else(|| "100000".into());
+    if let Some((q, p)) = quota.split_once(' ') {
+        // cgroup v2: "QUOTA PERIOD".
+        assert_eq!(q.parse::<u64>().unwrap() * 2, p.parse::<u64>().unwrap());
+    } else {
+        assert_eq!(
+            quota.parse::<u64>().unwrap() * 2,
+            period.parse::<u64>().unwrap()
+        );
+    }
+    let inspect = ok(
+        &s.d(&[
+            "inspect",
+            "small",
+            "--format",
+            "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}",
+        ]),
+        "inspect",
+    );
+    assert_eq!(inspect.trim(), format!("{} 500000000", 64u64 << 20));
+    ok(&s.d(&["rm", "-f", "small"]), "rm -f");
+}
