@@ -115,7 +115,7 @@ impl ObjectContent {
                 .map(|m| {
                     let path = m.text_of("path").unwrap_or_default().to_string();
                     let fault = m.child("fault").map(Fault::from_localized);
-                    (path, fault.unwrap_or_else(|| unknown_fault()))
+                    (path, fault.unwrap_or_else(unknown_fault))
                 })
                 .collect(),
         }
@@ -194,11 +194,17 @@ enum TaskEnd {
 }
 
 /// Reads a task's terminal state from its `info.*` properties (`None` while it runs).
-fn task_end(state: Option<&str>, error: Option<&Element>, result: Option<&Element>) -> Option<TaskEnd> {
+fn task_end(
+    state: Option<&str>,
+    error: Option<&Element>,
+    result: Option<&Element>,
+) -> Option<TaskEnd> {
     match state? {
         "success" => Some(TaskEnd::Success(result.cloned())),
         "error" => Some(TaskEnd::Error(
-            error.map(Fault::from_localized).unwrap_or_else(unknown_fault),
+            error
+                .map(Fault::from_localized)
+                .unwrap_or_else(unknown_fault),
         )),
         _ => None,
     }
@@ -263,19 +269,21 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() + 1 && i + 2 <= bytes.len() - 1 + 1 {
-            if let Some(b) = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .filter(|_| bytes[i] == b'%')
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(b) => {
                 out.push(b);
                 i += 3;
-                continue;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
             }
         }
-        out.push(bytes[i]);
-        i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
 }
@@ -391,9 +399,8 @@ impl Client {
             },
             e => e,
         })?;
-        let cookie = cookie.ok_or_else(|| {
-            Error::Protocol(format!("Login set no {SESSION_COOKIE} cookie"))
-        })?;
+        let cookie = cookie
+            .ok_or_else(|| Error::Protocol(format!("Login set no {SESSION_COOKIE} cookie")))?;
         *lock(&self.inner.cookie) = Some(cookie);
         *lock(&self.inner.session_key) = resp.at(&["returnval", "key"]).map(|k| k.text.clone());
         debug!(user = %self.inner.user, "logged in to {}", self.inner.sdk);
@@ -456,10 +463,12 @@ impl Client {
     /// Calls a method and returns its `returnval` (if any).
     pub async fn call_rv(&self, method: Element) -> Result<Option<Element>, Error> {
         let mut resp = self.call(method).await?;
-        Ok(match resp.children.iter().position(|c| c.name == "returnval") {
-            Some(i) => Some(resp.children.swap_remove(i)),
-            None => None,
-        })
+        Ok(
+            match resp.children.iter().position(|c| c.name == "returnval") {
+                Some(i) => Some(resp.children.swap_remove(i)),
+                None => None,
+            },
+        )
     }
 
     /// Calls a method that returns a managed object reference.
@@ -486,7 +495,11 @@ impl Client {
                 "specSet",
                 &[PropertySpec {
                     kind: "Task".into(),
-                    paths: vec!["info.state".into(), "info.error".into(), "info.result".into()],
+                    paths: vec![
+                        "info.state".into(),
+                        "info.error".into(),
+                        "info.result".into(),
+                    ],
                 }],
                 task,
                 false,
@@ -495,7 +508,11 @@ impl Client {
             .await?;
         let o = objs.first();
         let end = o.and_then(|o| {
-            task_end(o.text("info.state"), o.get("info.error"), o.get("info.result"))
+            task_end(
+                o.text("info.state"),
+                o.get("info.error"),
+                o.get("info.result"),
+            )
         });
         match end {
             Some(end) => finish(end, method),
@@ -536,7 +553,11 @@ impl Client {
             "spec",
             &[PropertySpec {
                 kind: "Task".into(),
-                paths: vec!["info.state".into(), "info.error".into(), "info.result".into()],
+                paths: vec![
+                    "info.state".into(),
+                    "info.error".into(),
+                    "info.result".into(),
+                ],
             }],
             task,
             false,
@@ -599,17 +620,21 @@ impl Client {
                 self.renew(cookie.as_deref()).await?;
                 continue;
             }
-            if let Some((path, f)) = objs.iter().flat_map(|o| o.missing.iter()).find(|(_, f)| {
-                f.is_not_authenticated() || f.kind == "NoPermission"
-            }) {
+            if let Some((path, f)) = objs
+                .iter()
+                .flat_map(|o| o.missing.iter())
+                .find(|(_, f)| f.is_not_authenticated() || f.kind == "NoPermission")
+            {
                 return Err(Error::Fault {
                     method: format!("RetrievePropertiesEx {path}"),
-                    fault: f.clone(),
+                    fault: Box::new(f.clone()),
                 });
             }
             return Ok(objs);
         }
-        Err(Error::Protocol("RetrievePropertiesEx: not authenticated".into()))
+        Err(Error::Protocol(
+            "RetrievePropertiesEx: not authenticated".into(),
+        ))
     }
 
     async fn retrieve_once(&self, spec_set: Element) -> Result<Vec<ObjectContent>, Error> {
@@ -642,11 +667,7 @@ impl Client {
     }
 
     /// Properties of one object.
-    pub async fn properties(
-        &self,
-        obj: &MoRef,
-        paths: &[&str],
-    ) -> Result<ObjectContent, Error> {
+    pub async fn properties(&self, obj: &MoRef, paths: &[&str]) -> Result<ObjectContent, Error> {
         let spec = filter_spec(
             "specSet",
             &[PropertySpec {
@@ -662,11 +683,11 @@ impl Client {
             .find(|o| o.obj.as_ref() == Some(obj))
             .ok_or_else(|| Error::Fault {
                 method: "RetrievePropertiesEx".into(),
-                fault: Fault {
+                fault: Box::new(Fault {
                     kind: "ManagedObjectNotFound".into(),
                     message: format!("{obj} not found"),
                     detail: Element::new("fault").with_moref("obj", obj),
-                },
+                }),
             })
     }
 
@@ -798,7 +819,7 @@ fn finish(end: TaskEnd, method: &str) -> Result<Option<Element>, Error> {
         TaskEnd::Success(r) => Ok(r),
         TaskEnd::Error(fault) => Err(Error::Fault {
             method: method.to_string(),
-            fault,
+            fault: Box::new(fault),
         }),
     }
 }
@@ -864,7 +885,7 @@ async fn raw_call(
     if first.name == "Fault" {
         return Err(Error::Fault {
             method: method.name.clone(),
-            fault: Fault::from_soap(first),
+            fault: Box::new(Fault::from_soap(first)),
         });
     }
     if !status.is_success() {

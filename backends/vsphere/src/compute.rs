@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tracing::{debug, info_span, Instrument};
+use tracing::{Instrument, debug, info_span};
 use vic_core::provider::{
     Allocation, Compute, Device, FileOperation, PoolInfo, VmChange, VmInfo, VmSpec, VmUpdates,
 };
@@ -52,7 +52,9 @@ fn allocation_xml(name: &str, a: &Allocation) -> Element {
         .with_text("expandableReservation", a.expandable.to_string())
         .with_text(
             "limit",
-            a.limit.map(|l| l.to_string()).unwrap_or_else(|| "-1".into()),
+            a.limit
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "-1".into()),
         )
         .with(
             Element::new("shares")
@@ -212,7 +214,8 @@ impl Shared {
             return Err(Error::not_found("vm", vm.value.clone()));
         }
         let mut v = self.read_vms(None, std::slice::from_ref(vm)).await?;
-        v.pop().ok_or_else(|| Error::not_found("vm", vm.value.clone()))
+        v.pop()
+            .ok_or_else(|| Error::not_found("vm", vm.value.clone()))
     }
 
     async fn pool_info_of(&self, pool: &MoRef) -> Result<PoolInfo> {
@@ -369,8 +372,7 @@ impl Compute for VsphereBackend {
         vapp: bool,
     ) -> Result<PoolInfo> {
         let s = &self.shared;
-        if name.trim().is_empty() || name.chars().count() > 80 || name.contains(['/', '\\', '%'])
-        {
+        if name.trim().is_empty() || name.chars().count() > 80 || name.contains(['/', '\\', '%']) {
             return Err(Error::InvalidArgument(format!(
                 "invalid resource pool name {name:?}"
             )));
@@ -380,7 +382,12 @@ impl Compute for VsphereBackend {
         if !is_pool(parent) {
             return Err(Error::not_found("pool", parent.value.clone()));
         }
-        if let Some((_, r)) = s.child_pools(parent).await?.into_iter().find(|(n, _)| n == name) {
+        if let Some((_, r)) = s
+            .child_pools(parent)
+            .await?
+            .into_iter()
+            .find(|(n, _)| n == name)
+        {
             return s.pool_info_of(&r).await;
         }
         let spec = resource_spec("spec", &cpu, &memory);
@@ -410,7 +417,12 @@ impl Compute for VsphereBackend {
             Ok(r) => s.pool_info_of(&r).await,
             // Created meanwhile by someone else.
             Err(e) if e.is_fault("DuplicateName") => {
-                match s.child_pools(parent).await?.into_iter().find(|(n, _)| n == name) {
+                match s
+                    .child_pools(parent)
+                    .await?
+                    .into_iter()
+                    .find(|(n, _)| n == name)
+                {
                     Some((_, r)) => s.pool_info_of(&r).await,
                     None => Err(e.into()),
                 }
@@ -461,7 +473,20 @@ impl Compute for VsphereBackend {
                 "resource pool {name} still holds {vms} VM(s)"
             )));
         }
-        if o.get("resourcePool").is_some_and(|v| !v.children.is_empty()) {
+        // Only references count: vcsim answers a vApp's `resourcePool` with the vApp's
+        // embedded ResourcePool object instead of its child list.
+        let children = o
+            .get("resourcePool")
+            .filter(|v| v.type_name() == "ArrayOfManagedObjectReference")
+            .map(|v| {
+                v.children
+                    .iter()
+                    .filter_map(Element::as_moref)
+                    .filter(is_pool)
+                    .count()
+            })
+            .unwrap_or(0);
+        if children > 0 {
             return Err(Error::InvalidState(format!(
                 "resource pool {name} still holds other pools"
             )));
@@ -531,10 +556,9 @@ impl Compute for VsphereBackend {
                     },
                     FileOperation::Create,
                 ) = (&mut d.device, d.file_operation)
+                    && *capacity_kb == 0
                 {
-                    if *capacity_kb == 0 {
-                        *capacity_kb = s.read_disk(p).await?.capacity_kb;
-                    }
+                    *capacity_kb = s.read_disk(p).await?.capacity_kb;
                 }
             }
             let keys = devices::temp_keys(&adds);
@@ -600,7 +624,8 @@ impl Compute for VsphereBackend {
                         FileOperation::Create,
                     ) = (&d.device, d.file_operation)
                     {
-                        s.ensure_descriptor(file, *capacity_kb, parent.as_ref()).await?;
+                        s.ensure_descriptor(file, *capacity_kb, parent.as_ref())
+                            .await?;
                     }
                 }
                 s.one_vm(&vm).await
@@ -710,7 +735,8 @@ impl Compute for VsphereBackend {
                 FileOperation::Create,
             ) = (&d.device, d.file_operation)
             {
-                s.ensure_descriptor(file, *capacity_kb, parent.as_ref()).await?;
+                s.ensure_descriptor(file, *capacity_kb, parent.as_ref())
+                    .await?;
             }
         }
         Ok(())
@@ -741,10 +767,8 @@ impl Compute for VsphereBackend {
     }
 
     async fn list_vms(&self, pool: Option<&MoRef>) -> Result<Vec<VmInfo>> {
-        if let Some(p) = pool {
-            if !is_pool(p) {
-                return Err(Error::not_found("pool", p.value.clone()));
-            }
+        if let Some(p) = pool.filter(|p| !is_pool(p)) {
+            return Err(Error::not_found("pool", p.value.clone()));
         }
         let mut vms = self.shared.read_vms(pool, &[]).await?;
         vms.sort_by(|a, b| a.name.cmp(&b.name).then(a.reference.cmp(&b.reference)));
@@ -755,7 +779,8 @@ impl Compute for VsphereBackend {
         let s = &self.shared;
         let c = &s.client;
         let mut st = s.updates.lock().await;
-        let known = version > 0 && (version as usize) <= st.versions.len() && st.collector.is_some();
+        let known =
+            version > 0 && (version as usize) <= st.versions.len() && st.collector.is_some();
         if !known {
             // Everything now: a fresh collector and filter, then the current VMs.
             if let Some(old) = st.collector.take() {
@@ -791,8 +816,10 @@ impl Compute for VsphereBackend {
                 )
                 .await?;
             st.collector = Some(pc);
-            st.versions
-                .push(rv.and_then(|r| r.text_of("version").map(str::to_string)).unwrap_or_default());
+            st.versions.push(
+                rv.and_then(|r| r.text_of("version").map(str::to_string))
+                    .unwrap_or_default(),
+            );
             drop(st);
             let changed = s.read_vms(None, &[]).await?;
             let version = s.updates.lock().await.versions.len() as u64;
@@ -802,7 +829,10 @@ impl Compute for VsphereBackend {
                 removed: vec![],
             });
         }
-        let pc = st.collector.clone().ok_or_else(|| Error::Internal("no collector".into()))?;
+        let pc = st
+            .collector
+            .clone()
+            .ok_or_else(|| Error::Internal("no collector".into()))?;
         let since = st.versions[version as usize - 1].clone();
         let rv = c
             .call_rv(
@@ -817,7 +847,9 @@ impl Compute for VsphereBackend {
             .await;
         let rv = match rv {
             Ok(rv) => rv,
-            Err(e) if e.is_fault("InvalidCollectorVersion") || e.is_fault("ManagedObjectNotFound") => {
+            Err(e)
+                if e.is_fault("InvalidCollectorVersion") || e.is_fault("ManagedObjectNotFound") =>
+            {
                 st.collector = None;
                 drop(st);
                 return self.wait_for_updates(0, timeout).await;
@@ -835,7 +867,9 @@ impl Compute for VsphereBackend {
         let mut removed = Vec::new();
         for f in set.children_named("filterSet") {
             for o in f.children_named("objectSet") {
-                let Some(obj) = o.moref_of("obj") else { continue };
+                let Some(obj) = o.moref_of("obj") else {
+                    continue;
+                };
                 if obj.kind != "VirtualMachine" {
                     continue;
                 }

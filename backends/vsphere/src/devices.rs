@@ -139,7 +139,11 @@ pub fn add_device(
                 .with_text("controllerKey", IDE0_KEY.to_string())
                 .with_text("unitNumber", "0")
         }
-        Device::Nic { key: k, network, mac } => {
+        Device::Nic {
+            key: k,
+            network,
+            mac,
+        } => {
             let backing = match nic(network)? {
                 NicBacking::Network { name } => {
                     Element::typed("backing", "VirtualEthernetCardNetworkBackingInfo")
@@ -374,9 +378,9 @@ pub fn vm_info(o: &ObjectContent) -> Result<VmInfo> {
         .clone()
         .ok_or_else(|| Error::Internal("VM properties without an object".into()))?;
     let vmx = o.text("config.files.vmPathName").unwrap_or_default();
-    let files = ds_path(vmx).map(|p| p.parent()).ok_or_else(|| {
-        Error::Internal(format!("VM {reference} has no files path ({vmx:?})"))
-    })?;
+    let files = ds_path(vmx)
+        .map(|p| p.parent())
+        .ok_or_else(|| Error::Internal(format!("VM {reference} has no files path ({vmx:?})")))?;
     let power_state = match o.text("runtime.powerState") {
         Some("poweredOn") => PowerState::PoweredOn,
         Some("suspended") => PowerState::Suspended,
@@ -480,13 +484,18 @@ mod tests {
         assert_eq!(changes[1].text_of("fileOperation"), Some("create"));
         assert_eq!(changes[0].text_of("fileOperation"), None);
         let disk = changes[1].child("device").unwrap();
-        assert_eq!(disk.text_of("controllerKey"), Some("-1"), "follows the temp key");
+        assert_eq!(
+            disk.text_of("controllerKey"),
+            Some("-1"),
+            "follows the temp key"
+        );
         // Read back as the server would report them (with real keys).
         let mut back = Vec::new();
         for (i, c) in changes.iter().enumerate() {
             let mut d = c.child("device").unwrap().clone();
             d.children.retain(|c| c.name != "key");
-            d.children.insert(0, Element::text("key", ((i + 1) * 1000).to_string()));
+            d.children
+                .insert(0, Element::text("key", ((i + 1) * 1000).to_string()));
             for c in &mut d.children {
                 if c.name == "controllerKey" && c.text == "-1" {
                     c.text = "1000".into();
@@ -533,10 +542,26 @@ mod tests {
     #[test]
     fn extra_config_last_value_wins_and_empty_removes() {
         let v = Element::new("val")
-            .with(Element::typed("OptionValue", "OptionValue").with_text("key", "a").with_text("value", "1"))
-            .with(Element::typed("OptionValue", "OptionValue").with_text("key", "b").with_text("value", "2"))
-            .with(Element::typed("OptionValue", "OptionValue").with_text("key", "a").with_text("value", "3"))
-            .with(Element::typed("OptionValue", "OptionValue").with_text("key", "b").with_text("value", ""));
+            .with(
+                Element::typed("OptionValue", "OptionValue")
+                    .with_text("key", "a")
+                    .with_text("value", "1"),
+            )
+            .with(
+                Element::typed("OptionValue", "OptionValue")
+                    .with_text("key", "b")
+                    .with_text("value", "2"),
+            )
+            .with(
+                Element::typed("OptionValue", "OptionValue")
+                    .with_text("key", "a")
+                    .with_text("value", "3"),
+            )
+            .with(
+                Element::typed("OptionValue", "OptionValue")
+                    .with_text("key", "b")
+                    .with_text("value", ""),
+            );
         let m = parse_extra_config(Some(&v));
         assert_eq!(m, BTreeMap::from([("a".to_string(), "3".to_string())]));
     }
@@ -548,7 +573,10 @@ mod tests {
             parse_datetime("2026-11-28T15:19:32.509368966Z"),
             Some(1_795_879_172)
         );
-        assert_eq!(parse_datetime("2026-11-28T16:19:32+01:00"), Some(1_795_879_172));
+        assert_eq!(
+            parse_datetime("2026-11-28T16:19:32+01:00"),
+            Some(1_795_879_172)
+        );
         assert_eq!(parse_datetime("nonsense"), None);
     }
 }

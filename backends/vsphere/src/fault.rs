@@ -46,7 +46,10 @@ impl Fault {
         let kind = typed_kind(&detail).unwrap_or_else(|| "SystemError".into());
         Fault {
             kind,
-            message: e.text_of("localizedMessage").unwrap_or_default().to_string(),
+            message: e
+                .text_of("localizedMessage")
+                .unwrap_or_default()
+                .to_string(),
             detail,
         }
     }
@@ -124,7 +127,7 @@ pub enum Error {
         /// The method or task that failed.
         method: String,
         /// The fault.
-        fault: Fault,
+        fault: Box<Fault>,
     },
     /// The credentials were refused.
     #[error("login to {url} as {user:?} refused: {message}")]
@@ -172,7 +175,7 @@ impl Error {
     /// The fault, if the error is one.
     pub fn fault(&self) -> Option<&Fault> {
         match self {
-            Error::Fault { fault, .. } => Some(fault),
+            Error::Fault { fault, .. } => Some(fault.as_ref()),
             _ => None,
         }
     }
@@ -270,7 +273,7 @@ mod tests {
         assert_eq!(f.kind, "InvalidLogin");
         let e: vic_core::Error = Error::Fault {
             method: "Login".into(),
-            fault: f,
+            fault: Box::new(f),
         }
         .into();
         assert!(matches!(&e, vic_core::Error::Unauthorized(m) if m.contains("Login failure")));
@@ -284,7 +287,7 @@ mod tests {
         assert_eq!(f.describe(), "DuplicateName (name vm1, object group-v3)");
         let e: vic_core::Error = Error::Fault {
             method: "CreateVM_Task".into(),
-            fault: f,
+            fault: Box::new(f),
         }
         .into();
         assert!(matches!(e, vic_core::Error::Conflict(_)));
@@ -295,7 +298,7 @@ mod tests {
         .unwrap();
         let e: vic_core::Error = Error::Fault {
             method: "PowerOnVM_Task".into(),
-            fault: Fault::from_localized(&nf),
+            fault: Box::new(Fault::from_localized(&nf)),
         }
         .into();
         assert!(matches!(e, vic_core::Error::NotFound { kind: "vm", ref id } if id == "vm-9"));

@@ -21,6 +21,10 @@ pub mod vcsim;
 pub mod vmdk;
 pub mod xml;
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod samples;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 

@@ -28,9 +28,7 @@ impl Shared {
                 }],
                 &self.inv.datacenter,
                 true,
-                vec![
-                    traversal("dcnet", "Datacenter", "network", &[]),
-                ],
+                vec![traversal("dcnet", "Datacenter", "network", &[])],
             ))
             .await?;
         let vlans = self.port_group_vlans().await.unwrap_or_default();
@@ -64,7 +62,10 @@ impl Shared {
         let Some(ns) = self.inv.hosts.iter().find_map(|h| h.network_system.clone()) else {
             return Ok(HashMap::new());
         };
-        let o = self.client.properties(&ns, &["networkInfo.portgroup"]).await?;
+        let o = self
+            .client
+            .properties(&ns, &["networkInfo.portgroup"])
+            .await?;
         Ok(o.get("networkInfo.portgroup")
             .map(|v| {
                 v.children
@@ -110,7 +111,9 @@ impl Network for VsphereBackend {
     async fn ensure_port_group(&self, name: &str, vlan: Option<u16>) -> Result<NetworkInfo> {
         let s = &self.shared;
         if name.trim().is_empty() || name.chars().count() > 80 {
-            return Err(Error::InvalidArgument(format!("invalid port group name {name:?}")));
+            return Err(Error::InvalidArgument(format!(
+                "invalid port group name {name:?}"
+            )));
         }
         if vlan.is_some_and(|v| v > 4094) {
             return Err(Error::InvalidArgument(format!(
@@ -128,7 +131,9 @@ impl Network for VsphereBackend {
             .filter_map(|h| h.network_system.clone())
             .collect();
         if systems.is_empty() {
-            return Err(Error::NotSupported("no host network system to add a port group to".into()));
+            return Err(Error::NotSupported(
+                "no host network system to add a port group to".into(),
+            ));
         }
         let mut added = 0;
         for ns in &systems {
@@ -140,7 +145,11 @@ impl Network for VsphereBackend {
                 .with(Element::new("policy"));
             match s
                 .client
-                .call(Element::new("AddPortGroup").with_moref("_this", ns).with(pg))
+                .call(
+                    Element::new("AddPortGroup")
+                        .with_moref("_this", ns)
+                        .with(pg),
+                )
                 .instrument(info_span!("add_port_group", name))
                 .await
             {

@@ -81,13 +81,13 @@ fn check_layer(data: &[u8], disk: &DsPath) -> Result<u64> {
         }
         let kind = entry.header().entry_type();
         if kind.is_hard_link() {
-            if let Some(target) = entry.link_name().map_err(|e| bad(e.to_string()))? {
-                if !inside(&target) {
-                    return Err(bad(format!(
-                        "hard link {} points out of the layer",
-                        path.display()
-                    )));
-                }
+            let target = entry.link_name().map_err(|e| bad(e.to_string()))?;
+            if let Some(target) = target.filter(|t| !inside(t)) {
+                return Err(bad(format!(
+                    "hard link {} points out of the layer ({})",
+                    path.display(),
+                    target.display()
+                )));
             }
         }
         if kind.is_file() {
@@ -199,16 +199,18 @@ impl Shared {
     /// Reads and parses a disk's descriptor.
     pub(crate) async fn read_disk(&self, path: &DsPath) -> Result<vmdk::Descriptor> {
         path.validate()?;
-        let bytes = self
-            .client
-            .download(self.dc(), path)
-            .await
-            .map_err(|e| match file_error(e, path) {
-                Error::NotFound { .. } => Error::not_found("disk", path.to_string()),
-                e => e,
-            })?;
+        let bytes =
+            self.client
+                .download(self.dc(), path)
+                .await
+                .map_err(|e| match file_error(e, path) {
+                    Error::NotFound { .. } => Error::not_found("disk", path.to_string()),
+                    e => e,
+                })?;
         if bytes.len() > vmdk::MAX_DESCRIPTOR {
-            return Err(Error::InvalidArgument(format!("{path} is not a virtual disk")));
+            return Err(Error::InvalidArgument(format!(
+                "{path} is not a virtual disk"
+            )));
         }
         vmdk::parse(path, &String::from_utf8_lossy(&bytes))
     }
@@ -221,10 +223,10 @@ impl Shared {
         capacity_kb: u64,
         parent: Option<&DsPath>,
     ) -> Result<vmdk::Descriptor> {
-        if let Ok(d) = self.read_disk(path).await {
-            if d.parent.as_ref() == parent {
-                return Ok(d);
-            }
+        if let Ok(d) = self.read_disk(path).await
+            && d.parent.as_ref() == parent
+        {
+            return Ok(d);
         }
         let parent = match parent {
             Some(p) => Some((p, self.read_disk(p).await?.cid)),
@@ -493,16 +495,11 @@ impl Storage for VsphereBackend {
         path.validate()?;
         s.read_disk(path).await?;
         // A disk attached to a VM is locked on vSphere; vcsim does not lock, so look.
-        if let Some(vm) = s
-            .read_vms(None, &[])
-            .await?
-            .into_iter()
-            .find(|vm| {
-                vm.devices.iter().any(|d| {
-                    matches!(d, vic_core::provider::Device::Disk { file, .. } if file == path)
-                })
-            })
-        {
+        if let Some(vm) = s.read_vms(None, &[]).await?.into_iter().find(|vm| {
+            vm.devices
+                .iter()
+                .any(|d| matches!(d, vic_core::provider::Device::Disk { file, .. } if file == path))
+        }) {
             return Err(Error::InvalidState(format!(
                 "disk {path} is in use by VM {}",
                 vm.name
@@ -566,14 +563,14 @@ impl Storage for VsphereBackend {
         let s = &self.shared;
         s.read_disk(disk).await?;
         let file = layer_file(disk);
-        let data = s
-            .client
-            .download(s.dc(), &file)
-            .await
-            .map_err(|e| match file_error(e, &file) {
-                Error::NotFound { .. } => Error::not_found("layer", disk.to_string()),
-                e => e,
-            })?;
+        let data =
+            s.client
+                .download(s.dc(), &file)
+                .await
+                .map_err(|e| match file_error(e, &file) {
+                    Error::NotFound { .. } => Error::not_found("layer", disk.to_string()),
+                    e => e,
+                })?;
         Ok(Box::new(std::io::Cursor::new(data)))
     }
 }

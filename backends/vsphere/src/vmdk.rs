@@ -30,7 +30,9 @@ pub fn new_cid() -> u32 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
         .unwrap_or(0);
-    let cid = t.wrapping_mul(2_654_435_761).wrapping_add(N.fetch_add(1, Ordering::Relaxed));
+    let cid = t
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(N.fetch_add(1, Ordering::Relaxed));
     if cid >= 0xffff_fffe { 0x0bad_cafe } else { cid }
 }
 
@@ -132,7 +134,10 @@ mod tests {
         let child = DsPath::new("ds", "c1/c1.vmdk");
         let text = render(&base, 8192, 0x1234, None);
         let d = parse(&base, &text).unwrap();
-        assert_eq!((d.cid, d.parent.clone(), d.capacity_kb), (0x1234, None, 8192));
+        assert_eq!(
+            (d.cid, d.parent.clone(), d.capacity_kb),
+            (0x1234, None, 8192)
+        );
         let text = render(&child, 8192, 0x99, Some((&base, 0x1234)));
         let d = parse(&child, &text).unwrap();
         assert_eq!(d.parent, Some(base));
