@@ -258,6 +258,35 @@ fn detached_web_logs_follow_stop_kill_restart() {
     assert!(stderr(&o).contains("Invalid signal"), "{}", stderr(&o));
     assert!(s.state_of("web").starts_with("running"));
 
+    // The lifecycle as Docker's event stream tells it.
+    let until = format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 1
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let ev = ok(
+        &s.d(&[
+            "events",
+            "--since",
+            "0",
+            "--until",
+            &until,
+            "--filter",
+            "container=trapper",
+            "--format",
+            "{{.Action}}",
+        ]),
+        "events",
+    );
+    let actions: Vec<&str> = ev.lines().collect();
+    for want in ["create", "start", "kill", "die", "stop"] {
+        assert!(actions.contains(&want), "no {want} event in {actions:?}");
+    }
+
     // rm -f of a running container.
     ok(&s.d(&["rm", "-f", "web", "counter", "trapper"]), "rm -f");
     let all = ok(&s.d(&["ps", "-aq"]), "ps -aq");
@@ -389,6 +418,13 @@ fn fifteen_containers_survive_a_kill_9_of_the_endpoint() {
     let all = ok(&s.d(&["ps", "-a", "--format", "{{.Names}}"]), "ps -a");
     assert_eq!(all.lines().count(), 15, "{all}");
     assert_eq!(stdout(&s.d(&["logs", "done4"])), "bye\n");
+    // attach reconnects to a running one and ends with its exit when it is stopped.
+    let h = s.h();
+    let attacher = std::thread::spawn(move || docker(&h, &["attach", "run1"]));
+    std::thread::sleep(Duration::from_millis(500));
+    ok(&s.d(&["stop", "run1"]), "stop run1");
+    let o = attacher.join().unwrap();
+    assert_eq!(o.status.code(), Some(143), "attach: {}", stderr(&o));
     // logs -f reconnects to a running one and ends when it is stopped.
     let h = s.h();
     let follower = std::thread::spawn(move || docker(&h, &["logs", "-f", "run0"]));
