@@ -1897,22 +1897,25 @@ mod tests {
     /// The environment variable that gives [`as_non_root_inner`] its folder.
     const NON_ROOT_DIR_ENV: &str = "VIC_TEST_NON_ROOT_DIR";
 
-    /// Runs [`as_non_root_inner`] in this test executable as `nobody` (uid and gid
-    /// 65534, no supplementary groups), in a folder of its own.
-    #[test]
-    fn guests_run_for_a_non_root_endpoint() {
-        if !can_run() {
-            return;
-        }
+    /// Runs the test `inner` of this test executable as `nobody` (uid and gid 65534,
+    /// no supplementary groups), in a folder of its own, after the command `before`
+    /// (words; it runs the rest of the command line).
+    fn run_as_nobody(inner: &str, before: &[&str]) {
         let dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
         let exe = std::env::current_exe().unwrap();
-        let out = Command::new("setpriv")
+        let out = Command::new(before.first().copied().unwrap_or("setpriv"))
+            .args(before.iter().skip(1))
+            .args(if before.is_empty() {
+                None
+            } else {
+                Some("setpriv")
+            })
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
             .arg(&exe)
             .args([
                 "--exact",
-                "runner::tests::as_non_root_inner",
+                inner,
                 "--ignored",
                 "--nocapture",
                 "--test-threads=1",
@@ -1928,6 +1931,59 @@ mod tests {
         );
         assert!(out.status.success(), "{text}");
         assert!(text.contains("1 passed"), "the inner test ran: {text}");
+    }
+
+    /// Runs [`as_non_root_inner`] as `nobody`.
+    #[test]
+    fn guests_run_for_a_non_root_endpoint() {
+        if !can_run() {
+            return;
+        }
+        run_as_nobody("runner::tests::as_non_root_inner", &[]);
+    }
+
+    /// Runs [`hidden_sysfs_inner`] as `nobody`, in a mount namespace where a tmpfs
+    /// hides part of /sys: the kernel then refuses a new sysfs in a user namespace.
+    #[test]
+    fn a_non_root_guest_gets_the_hosts_sys_where_sysfs_is_refused() {
+        if !can_run() {
+            return;
+        }
+        run_as_nobody(
+            "runner::tests::hidden_sysfs_inner",
+            &[
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "mount -t tmpfs none /sys/kernel && exec \"$@\"",
+                "sh",
+            ],
+        );
+    }
+
+    /// The non-root half of
+    /// [`a_non_root_guest_gets_the_hosts_sys_where_sysfs_is_refused`].
+    #[tokio::test]
+    #[ignore = "run by a_non_root_guest_gets_the_hosts_sys_where_sysfs_is_refused as nobody"]
+    async fn hidden_sysfs_inner() {
+        assert!(!is_root());
+        let base = PathBuf::from(std::env::var_os(NON_ROOT_DIR_ENV).unwrap());
+        let sim = Simulator::open(base.join("state")).unwrap();
+        sim.set_guest_runner(std::sync::Arc::new(TetherRunner::new()));
+        let top = image(&sim).await;
+        let script = "test -d /sys/class/net/lo && echo sys; touch /sys/x || echo ro";
+        let info = run(&sim, &top, "sys", &guest_config("sh", &["-c", script])).await;
+        assert_eq!(status(&info).exit_code, Some(0), "{}", output(&sim, &info));
+        // stdout and stderr are separate streams: only the lines are certain.
+        let out = output(&sim, &info);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines.contains(&"sys") && lines.contains(&"ro"), "{out}");
+        let log =
+            fs::read_to_string(sim.host_path(&info.files).unwrap().join("tether.log")).unwrap();
+        assert!(log.contains("the host's /sys is bound read-only"), "{log}");
     }
 
     /// The non-root half of [`guests_run_for_a_non_root_endpoint`] (ignored: it needs
