@@ -370,7 +370,10 @@ mod tests {
             (Op::ContainerInspect, vec!["abc".to_string()])
         );
         let r = route("POST", "/containers/abc/kill").unwrap();
-        assert_eq!((r.op, r.pattern), (Op::ContainerKill, "/containers/{}/kill"));
+        assert_eq!(
+            (r.op, r.pattern),
+            (Op::ContainerKill, "/containers/{}/kill")
+        );
         let r = route("POST", "/containers/abc/pause").unwrap();
         assert_eq!((r.op, r.pattern), (Op::Unsupported, "/containers/{}/pause"));
         let r = route("GET", "/images/127.0.0.1:5000/lib/busybox/json").unwrap();

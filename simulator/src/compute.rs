@@ -740,6 +740,24 @@ impl Compute for Simulator {
     }
 }
 
+/// Connects to the tether's attach socket in a VM folder; a folder path too long for a
+/// socket address is reached through `/proc/self/fd` of an open handle of it.
+async fn connect_guest(folder: &std::path::Path) -> std::io::Result<tokio::net::UnixStream> {
+    let direct = folder.join(vic_tether::attach::ATTACH_SOCKET);
+    if direct.as_os_str().len() < 100 {
+        return tokio::net::UnixStream::connect(&direct).await;
+    }
+    let dir = std::fs::File::open(folder)?;
+    let via = format!(
+        "/proc/self/fd/{}/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&dir),
+        vic_tether::attach::ATTACH_SOCKET
+    );
+    let s = tokio::net::UnixStream::connect(via).await;
+    drop(dir);
+    s
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -1254,22 +1272,4 @@ mod tests {
             PowerState::PoweredOff
         );
     }
-}
-
-/// Connects to the tether's attach socket in a VM folder; a folder path too long for a
-/// socket address is reached through `/proc/self/fd` of an open handle of it.
-async fn connect_guest(folder: &std::path::Path) -> std::io::Result<tokio::net::UnixStream> {
-    let direct = folder.join(vic_tether::attach::ATTACH_SOCKET);
-    if direct.as_os_str().len() < 100 {
-        return tokio::net::UnixStream::connect(&direct).await;
-    }
-    let dir = std::fs::File::open(folder)?;
-    let via = format!(
-        "/proc/self/fd/{}/{}",
-        std::os::fd::AsRawFd::as_raw_fd(&dir),
-        vic_tether::attach::ATTACH_SOCKET
-    );
-    let s = tokio::net::UnixStream::connect(via).await;
-    drop(dir);
-    s
 }
