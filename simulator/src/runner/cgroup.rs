@@ -545,6 +545,116 @@ mod tests {
         assert_eq!(tiny.quota_us(100_000), Some(MIN_QUOTA_US));
     }
 
+    fn read(p: &Path) -> String {
+        fs::read_to_string(p).unwrap()
+    }
+
+    #[test]
+    fn v2_groups_get_controllers_and_limits() {
+        // A stand-in hierarchy: plain files where cgroupfs has its control files.
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        fs::write(
+            base.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        fs::write(base.join("cgroup.subtree_control"), "cpu\n").unwrap();
+        let limits = Limits {
+            nano_cpus: Some(1_500_000_000),
+            memory_bytes: Some(64 << 20),
+        };
+        let g = Groups::create(&Layout::V2(base.to_path_buf()), "vm-1-x", &limits)
+            .unwrap()
+            .unwrap();
+        let group = base.join("vic/vm-1-x");
+        assert_eq!(g.dirs, [group.clone()]);
+        assert_eq!(read(&base.join("cgroup.subtree_control")), "+memory +pids");
+        assert_eq!(read(&group.join("memory.max")), (64u64 << 20).to_string());
+        assert_eq!(read(&group.join("cpu.max")), "150000 100000");
+        g.add(42).unwrap();
+        assert_eq!(read(&group.join("cgroup.procs")), "42");
+        // Unlimited: "max".
+        let g = Groups::create(
+            &Layout::V2(base.to_path_buf()),
+            "vm-2-x",
+            &Limits::default(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(read(&g.dirs[0].join("cpu.max")), "max 100000");
+        assert!(!g.dirs[0].join("memory.max").exists());
+    }
+
+    #[test]
+    fn v1_groups_get_limits_per_controller() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mem, cpu, pids) = (
+            dir.path().join("memory"),
+            dir.path().join("cpu"),
+            dir.path().join("pids"),
+        );
+        for d in [&mem, &cpu, &pids] {
+            fs::create_dir(d).unwrap();
+        }
+        // The kernel makes cpu.cfs_period_us in a new group; a period of 50 ms here.
+        fs::create_dir_all(cpu.join("vic/vm-1-x")).unwrap();
+        fs::write(cpu.join("vic/vm-1-x/cpu.cfs_period_us"), "50000\n").unwrap();
+        let layout = Layout::V1(vec![
+            ("memory", mem.clone()),
+            ("cpu", cpu.clone()),
+            ("pids", pids.clone()),
+        ]);
+        let limits = Limits {
+            nano_cpus: Some(500_000_000),
+            memory_bytes: Some(32 << 20),
+        };
+        let g = Groups::create(&layout, "vm-1-x", &limits).unwrap().unwrap();
+        assert_eq!(g.dirs.len(), 3);
+        assert_eq!(
+            read(&mem.join("vic/vm-1-x/memory.limit_in_bytes")),
+            (32u64 << 20).to_string()
+        );
+        assert_eq!(read(&cpu.join("vic/vm-1-x/cpu.cfs_quota_us")), "25000");
+        g.add(7).unwrap();
+        for d in &g.dirs {
+            assert_eq!(read(&d.join("cgroup.procs")), "7");
+        }
+        // Unlimited: -1.
+        let g = Groups::create(&layout, "vm-2-x", &Limits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(read(&g.dirs[0].join("memory.limit_in_bytes")), "-1");
+        assert_eq!(read(&g.dirs[1].join("cpu.cfs_quota_us")), "-1");
+    }
+
+    #[test]
+    fn no_permission_means_no_groups_and_other_errors_fail() {
+        // Nobody, not even root, may make folders in sysfs: EPERM.
+        let g = Groups::create(
+            &Layout::V1(vec![("memory", PathBuf::from("/sys"))]),
+            "vm-1-x",
+            &Limits::default(),
+        )
+        .unwrap();
+        assert!(g.is_none());
+        assert_eq!(
+            Groups::create(&Layout::None, "x", &Limits::default()).unwrap(),
+            None
+        );
+        // A hierarchy that is a file: ENOTDIR is an error.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        fs::write(&file, "").unwrap();
+        let e = Groups::create(
+            &Layout::V1(vec![("memory", file)]),
+            "vm-1-x",
+            &Limits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR));
+    }
+
     #[test]
     fn groups_are_recorded_and_removed() {
         let dir = tempfile::tempdir().unwrap();
