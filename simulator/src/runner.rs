@@ -479,6 +479,7 @@ impl GuestRunner for TetherRunner {
         cgroup::release(&folder, CGROUP_RELEASE_WAIT);
         Ok(())
     }
+
     fn check(&self, host: &GuestHost, vm: &VmInfo) -> GuestCheck {
         let Ok(folder) = host.host_path(&vm.files) else {
             return GuestCheck::Untracked;
