@@ -1675,6 +1675,15 @@ mod tests {
             wait_exited(&sim, &vm2).await.exit_code,
             Some(128 + libc::SIGTERM)
         );
+        // A guest killed from outside (no status of its own): 137, from the reconciler.
+        let vm3 = container(&sim, "killed", &top, &guest_config("sleep", &["100"])).await;
+        sim.power_on(&vm3.reference).await.unwrap();
+        let guest = wait_running(&sim, &vm3).await;
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(guest.pid, libc::SIGKILL) }, 0);
+        let s = wait_exited(&sim, &vm3).await;
+        assert_eq!(s.exit_code, Some(137), "{s:?}");
+        assert!(s.error.is_none());
     }
 
     /// The folder of the guest's group in the hierarchy that has `file`, from
