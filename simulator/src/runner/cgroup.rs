@@ -568,7 +568,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let group = base.join("vic/vm-1-x");
-        assert_eq!(g.dirs, [group.clone()]);
+        assert_eq!(g.dirs, std::slice::from_ref(&group));
         assert_eq!(read(&base.join("cgroup.subtree_control")), "+memory +pids");
         assert_eq!(read(&group.join("memory.max")), (64u64 << 20).to_string());
         assert_eq!(read(&group.join("cpu.max")), "150000 100000");
