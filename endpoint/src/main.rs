@@ -36,6 +36,13 @@ struct Args {
     /// A PEM file of CA certificates trusted for registries (repeatable).
     #[arg(long = "registry-ca", value_name = "FILE")]
     registry_cas: Vec<std::path::PathBuf>,
+    /// vSphere: accept only the server certificate with this SHA-1 or SHA-256
+    /// thumbprint (as vic-machine's --thumbprint).
+    #[arg(long)]
+    thumbprint: Option<String>,
+    /// vSphere: do not check the server certificate (simulators only).
+    #[arg(long)]
+    insecure: bool,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: LevelFilter,
@@ -86,8 +93,48 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             info!(state = %dir.display(), "simulator opened");
             (sim.backend(), pool_path)
         }
-        Target::VSphere(_) => {
-            return Err("the vSphere backend is not supported by this build yet".into());
+        Target::VSphere(url) => {
+            let tls = match (&args.thumbprint, args.insecure) {
+                (Some(t), _) => vic_vsphere::Tls::Thumbprint(t.clone()),
+                (None, true) => vic_vsphere::Tls::Insecure,
+                (None, false) => vic_vsphere::Tls::WebPki,
+            };
+            let options = vic_vsphere::VsphereOptions {
+                client: vic_vsphere::ClientOptions {
+                    tls,
+                    ..Default::default()
+                },
+                datacenter: None,
+            };
+            let vs = vic_vsphere::VsphereBackend::connect(url, &options)
+                .await
+                .map_err(vic_core::Error::from)?;
+            let pool_path = match args.pool {
+                Some(p) => p,
+                None => {
+                    // What vic-machine create does: a vApp for the VCH.
+                    let root = vs.default_root_pool().await?;
+                    let pool = vic_core::Compute::ensure_pool(
+                        &vs,
+                        &root.reference,
+                        &args.name,
+                        Default::default(),
+                        Default::default(),
+                        true,
+                    )
+                    .await?;
+                    pool.path
+                }
+            };
+            // The bridge network's port group, as vic-machine create makes it.
+            vic_core::Network::ensure_port_group(
+                &vs,
+                vic_core::containers::BRIDGE_PORT_GROUP,
+                None,
+            )
+            .await?;
+            info!(sdk = %vs.client().url(), "connected to vSphere");
+            (vs.backend(), pool_path)
         }
     };
     let mut ca_certificates_pem = Vec::new();

@@ -66,6 +66,7 @@ pub(crate) struct Inventory {
     /// The datacenter's name, for datastore HTTP (`dcPath`) and paths.
     pub(crate) dc_name: String,
     pub(crate) vm_folder: MoRef,
+    pub(crate) host_folder: MoRef,
     pub(crate) datastores: HashMap<String, DatastoreRef>,
     pub(crate) hosts: Vec<HostRef>,
 }
@@ -146,6 +147,42 @@ impl VsphereBackend {
     /// The folder that new VMs are created in.
     pub fn vm_folder(&self) -> &MoRef {
         &self.shared.inv.vm_folder
+    }
+
+    /// The root resource pool of the datacenter's first cluster (by name), else of its
+    /// first standalone host: where vic-machine puts a VCH's vApp by default.
+    pub async fn default_root_pool(&self) -> vic_core::Result<vic_core::provider::PoolInfo> {
+        let objs = self
+            .client()
+            .retrieve(filter_spec(
+                "specSet",
+                &[PropertySpec {
+                    kind: "ComputeResource".into(),
+                    paths: vec!["name".into(), "resourcePool".into()],
+                }],
+                &self.shared.inv.host_folder,
+                true,
+                vec![traversal("hf", "Folder", "childEntity", &["hf"])],
+            ))
+            .await?;
+        let mut found: Vec<(bool, String, MoRef)> = objs
+            .into_iter()
+            .filter_map(|o| {
+                let r = o.obj.clone()?;
+                let cluster = r.kind == "ClusterComputeResource";
+                if !cluster && r.kind != "ComputeResource" {
+                    return None;
+                }
+                let pool = o.get("resourcePool").and_then(Element::as_moref)?;
+                Some((!cluster, o.text("name")?.to_string(), pool))
+            })
+            .collect();
+        found.sort();
+        let (_, _, pool) = found
+            .into_iter()
+            .next()
+            .ok_or_else(|| vic_core::Error::not_found("pool", "a cluster's root pool"))?;
+        vic_core::provider::Compute::pool_info(self, &pool).await
     }
 }
 
@@ -259,6 +296,7 @@ async fn discover(client: &Client, datacenter: Option<&str>) -> Result<Inventory
         datacenter: dc,
         dc_name,
         vm_folder,
+        host_folder,
         datastores,
         hosts: hosts.into_iter().map(|(_, h)| h).collect(),
     })

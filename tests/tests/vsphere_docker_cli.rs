@@ -1,0 +1,280 @@
+//! End to end over SOAP: the endpoint with `--target https://user:pass@127.0.0.1:PORT/sdk`
+//! against vcsim, driven by the real docker CLI (pull, create, inspect, ps, start,
+//! stop, rm), and govc-style checks through the vSphere API of what it made. vcsim and
+//! the registry are started here and stopped by PID.
+#![allow(clippy::unwrap_used)]
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use vic_core::DsPath;
+use vic_core::model::keys;
+use vic_core::provider::{Compute, Device, PowerState, Storage, VmChange};
+use vic_tests::fixtures::push_busybox;
+use vic_tests::registry::TestRegistry;
+use vic_tests::{binary, docker, free_port, ok, wait_until};
+use vic_vsphere::VsphereBackend;
+use vic_vsphere::vcsim::Vcsim;
+
+/// A `vic-endpoint` on vSphere, killed when dropped.
+struct VsphereEndpoint {
+    child: Child,
+    addr: SocketAddr,
+    log: std::path::PathBuf,
+}
+
+impl VsphereEndpoint {
+    fn start(sim: &Vcsim, dir: &std::path::Path, extra: &[&str]) -> VsphereEndpoint {
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let log = dir.join("endpoint.log");
+        let mut child = Command::new(binary("vic-endpoint"))
+            .arg("--target")
+            .arg(sim.url_with("vic", "s3cret"))
+            .arg("--thumbprint")
+            .arg(&sim.info.thumbprint)
+            .arg("--name")
+            .arg("vch-e2e")
+            .arg("-H")
+            .arg(format!("tcp://{addr}"))
+            .arg("--log-level")
+            .arg("debug")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start vic-endpoint");
+        wait_until(Duration::from_secs(30), "the endpoint to listen", || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "vic-endpoint exited with {status}:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            TcpStream::connect(addr).ok()
+        });
+        VsphereEndpoint { child, addr, log }
+    }
+
+    fn host(&self) -> String {
+        format!("tcp://{}", self.addr)
+    }
+}
+
+impl Drop for VsphereEndpoint {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "endpoint log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+#[test]
+fn docker_create_start_inspect_ps_stop_rm_over_soap() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Vcsim::start(&["-username", "vic", "-password", "s3cret"]);
+    let reg = TestRegistry::start(&dir.path().join("registry"), None);
+    let bb = push_busybox(&reg, "busybox", "latest");
+
+    // A wrong password is a clear error at startup.
+    let bad = Command::new(binary("vic-endpoint"))
+        .arg("--target")
+        .arg(sim.url_with("vic", "wrong"))
+        .arg("--thumbprint")
+        .arg(&sim.info.thumbprint)
+        .arg("-H")
+        .arg(format!("tcp://127.0.0.1:{}", free_port()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let msg = String::from_utf8_lossy(&bad.stderr);
+    assert!(msg.contains("incorrect user name or password"), "{msg}");
+
+    let ep = VsphereEndpoint::start(&sim, dir.path(), &["--insecure-registry", reg.addr()]);
+    let h = ep.host();
+    ok(&docker(&h, &["pull", &bb.reference]), "pull");
+    let id = ok(
+        &docker(
+            &h,
+            &[
+                "create",
+                "--name",
+                "web",
+                "-e",
+                "A=1",
+                &bb.reference,
+                "echo",
+                "hi",
+            ],
+        ),
+        "create",
+    )
+    .trim()
+    .to_string();
+    assert!(vic_core::ids::is_full_id(&id), "{id}");
+    let inspect = ok(
+        &docker(
+            &h,
+            &[
+                "inspect",
+                "--format",
+                "{{.Name}} {{.State.Status}} {{.Config.Env}}",
+                "web",
+            ],
+        ),
+        "inspect",
+    );
+    assert!(inspect.starts_with("/web created"), "{inspect}");
+    assert!(inspect.contains("A=1"), "{inspect}");
+    let ps = ok(
+        &docker(
+            &h,
+            &[
+                "ps",
+                "-a",
+                "--no-trunc",
+                "--format",
+                "{{.ID}} {{.Names}} {{.Status}}",
+            ],
+        ),
+        "ps -a",
+    );
+    assert_eq!(ps.trim(), format!("{id} web Created"));
+
+    // What a govc user sees: the container VM in the VCH's vApp, with its disk a child
+    // of the image's top layer, a NIC, the serial log and the container's keys.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let vs = rt
+        .block_on(VsphereBackend::connect(
+            &sim.sdk_url(),
+            &sim.options("vic", "s3cret"),
+        ))
+        .unwrap();
+    let vch = rt
+        .block_on(vs.find_pool("/DC0/host/DC0_C0/Resources/vch-e2e"))
+        .unwrap();
+    assert_eq!(vch.reference.kind, "VirtualApp");
+    let vms = rt.block_on(vs.list_vms(Some(&vch.reference))).unwrap();
+    let vm = vms
+        .iter()
+        .find(|v| v.extra_config.get(keys::CONTAINER_ID) == Some(&id))
+        .unwrap_or_else(|| panic!("no container VM in the VCH's vApp: {vms:?}"));
+    let parent = vm
+        .devices
+        .iter()
+        .find_map(|d| match d {
+            Device::Disk {
+                parent: Some(p), ..
+            } => Some(p.clone()),
+            _ => None,
+        })
+        .expect("a disk with a parent");
+    assert!(parent.path.contains("/images/"), "{parent}");
+    assert!(
+        rt.block_on(vs.exists(&parent)).unwrap(),
+        "the layer disk exists"
+    );
+    assert!(
+        vm.devices
+            .iter()
+            .any(|d| matches!(d, Device::Nic { mac: Some(_), .. }))
+    );
+    assert!(
+        vm.devices
+            .iter()
+            .any(|d| matches!(d, Device::Serial { .. }))
+    );
+    assert!(
+        vm.devices
+            .iter()
+            .any(|d| matches!(d, Device::ScsiController { .. }))
+    );
+    assert_eq!(
+        vm.extra_config
+            .get(keys::CONTAINER_NAME)
+            .map(String::as_str),
+        Some("web")
+    );
+    let disk = DsPath::new("LocalDS_0", format!("{id}/{id}.vmdk"));
+    let text = String::from_utf8(rt.block_on(vs.read_file(&disk)).unwrap()).unwrap();
+    assert!(
+        text.contains(&format!("parentFileNameHint=\"{parent}\"")),
+        "{text}"
+    );
+
+    // Start and stop: the VM powers on and off (vcsim runs no guest, so stop ends in a
+    // power-off after the signal cannot be delivered).
+    ok(&docker(&h, &["start", "web"]), "start");
+    let power =
+        |rt: &tokio::runtime::Runtime| rt.block_on(vs.vm_info(&vm.reference)).unwrap().power_state;
+    assert_eq!(power(&rt), PowerState::PoweredOn);
+    let ps = ok(
+        &docker(&h, &["ps", "--format", "{{.Names}} {{.Status}}"]),
+        "ps",
+    );
+    assert!(ps.trim().starts_with("web Up"), "{ps}");
+    // vcsim boots no guest: play the tether's part and report the process started,
+    // through the vSphere API as the guest's extraConfig write-back.
+    let status = vic_tether::protocol::GuestStatus {
+        state: vic_tether::protocol::GuestState::Running,
+        pid: Some(1),
+        started_at: Some(std::time::SystemTime::now()),
+        ..Default::default()
+    };
+    rt.block_on(
+        vs.reconfigure(
+            &vm.reference,
+            &VmChange {
+                extra_config: status
+                    .to_keys()
+                    .into_iter()
+                    .map(|(k, v)| (k, Some(v)))
+                    .collect(),
+                ..Default::default()
+            },
+        ),
+    )
+    .unwrap();
+    let started = ok(
+        &docker(
+            &h,
+            &[
+                "inspect",
+                "--format",
+                "{{.State.Pid}} {{.State.StartedAt}}",
+                "web",
+            ],
+        ),
+        "inspect",
+    );
+    assert!(started.starts_with("1 "), "{started}");
+    ok(&docker(&h, &["stop", "-t", "1", "web"]), "stop");
+    assert_eq!(power(&rt), PowerState::PoweredOff);
+    let state = ok(
+        &docker(&h, &["inspect", "--format", "{{.State.Status}}", "web"]),
+        "inspect",
+    );
+    assert_eq!(state.trim(), "exited");
+
+    // rm: the VM and its folder are gone.
+    ok(&docker(&h, &["rm", "web"]), "rm");
+    let e = rt.block_on(vs.vm_info(&vm.reference)).unwrap_err();
+    assert!(e.is_not_found(), "{e:?}");
+    assert!(
+        !rt.block_on(vs.exists(&DsPath::new("LocalDS_0", &id)))
+            .unwrap(),
+        "the container's folder is gone"
+    );
+    let ps = ok(&docker(&h, &["ps", "-a", "-q"]), "ps -a");
+    assert_eq!(ps.trim(), "");
+}
