@@ -212,6 +212,45 @@ fn docker_create_start_inspect_ps_stop_rm_over_soap() {
         "{text}"
     );
 
+    // The endpoint's vSphere session ends (an administrator terminates it): the next
+    // Docker calls log in again instead of failing.
+    let sm = vs.client().content().session_manager.clone();
+    let ours = vs.client().session_key().unwrap();
+    let sessions = rt
+        .block_on(vs.client().properties(&sm, &["sessionList"]))
+        .unwrap();
+    let others: Vec<String> = sessions
+        .get("sessionList")
+        .map(|l| {
+            l.children
+                .iter()
+                .filter_map(|s| s.text_of("key").map(str::to_string))
+                .filter(|k| *k != ours)
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(!others.is_empty(), "the endpoint's session is listed");
+    for key in others {
+        rt.block_on(
+            vs.client().call(
+                vic_vsphere::xml::Element::new("TerminateSession")
+                    .with_moref("_this", &sm)
+                    .with_text("sessionId", key),
+            ),
+        )
+        .unwrap();
+    }
+    let ps = ok(
+        &docker(&h, &["ps", "-a", "--format", "{{.Names}} {{.Status}}"]),
+        "ps -a after the session ended",
+    );
+    assert_eq!(ps.trim(), "web Created");
+    let log = std::fs::read_to_string(&ep.log).unwrap();
+    assert!(
+        log.contains("vSphere session expired; logging in again"),
+        "the endpoint logged in again"
+    );
+
     // Start and stop: the VM powers on and off (vcsim runs no guest, so stop ends in a
     // power-off after the signal cannot be delivered).
     ok(&docker(&h, &["start", "web"]), "start");
