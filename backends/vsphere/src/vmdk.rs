@@ -99,9 +99,7 @@ pub fn parse(path: &DsPath, text: &str) -> Result<Descriptor> {
             parent = Some(if v.starts_with('[') {
                 v.parse::<DsPath>()?
             } else {
-                let p = path.parent().join(v);
-                p.validate()?;
-                p
+                relative(path, v).ok_or_else(|| bad("the parent hint leaves the datastore"))?
             });
         } else if line.starts_with("RW ") || line.starts_with("RDONLY ") {
             let n = line
@@ -121,6 +119,23 @@ pub fn parse(path: &DsPath, text: &str) -> Result<Descriptor> {
         parent,
         capacity_kb: sectors / 2,
     })
+}
+
+/// `hint` resolved against the folder of `disk` (`..` goes up, never above the
+/// datastore's root).
+fn relative(disk: &DsPath, hint: &str) -> Option<DsPath> {
+    let folder = disk.parent();
+    let mut parts: Vec<&str> = folder.path.split('/').filter(|s| !s.is_empty()).collect();
+    for c in hint.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    Some(DsPath::new(disk.datastore.clone(), parts.join("/")))
 }
 
 #[cfg(test)]
@@ -149,6 +164,11 @@ mod tests {
             Some(DsPath::new("ds", "c1/base.vmdk"))
         );
         assert!(parse(&child, "").is_err());
+        let up = text.replace("[ds] VIC/v/images/a/a.vmdk", "../VIC/v/images/a/a.vmdk");
+        assert_eq!(
+            parse(&child, &up).unwrap().parent,
+            Some(DsPath::new("ds", "VIC/v/images/a/a.vmdk"))
+        );
         let escape = text.replace("[ds] VIC/v/images/a/a.vmdk", "../../x.vmdk");
         assert!(parse(&child, &escape).is_err());
     }
