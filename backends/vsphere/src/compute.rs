@@ -22,16 +22,7 @@ use crate::devices::{self, NicBacking, VM_PATHS};
 use crate::xml::Element;
 use crate::{Shared, VsphereBackend};
 
-/// What `wait_for_updates` keeps between calls: its own property collector with one
-/// filter over the datacenter's VMs, and the server's version for each local version.
-#[derive(Debug, Default)]
-pub(crate) struct UpdateState {
-    collector: Option<MoRef>,
-    /// `versions[i]` is the server's version string for local version `i + 1`.
-    versions: Vec<String>,
-}
-
-fn vm_spec_props() -> Vec<PropertySpec> {
+pub(crate) fn vm_spec_props() -> Vec<PropertySpec> {
     vec![PropertySpec {
         kind: "VirtualMachine".into(),
         paths: VM_PATHS.iter().map(|p| p.to_string()).collect(),
@@ -39,7 +30,7 @@ fn vm_spec_props() -> Vec<PropertySpec> {
 }
 
 /// Traversal from a VM folder to every VM under it (sub-folders and vApps).
-fn vm_folder_traversal() -> Vec<Element> {
+pub(crate) fn vm_folder_traversal() -> Vec<Element> {
     vec![
         traversal("vmf", "Folder", "childEntity", &["vmf", "vapp"]),
         traversal("vapp", "VirtualApp", "vm", &[]),
@@ -776,134 +767,6 @@ impl Compute for VsphereBackend {
     }
 
     async fn wait_for_updates(&self, version: u64, timeout: Duration) -> Result<VmUpdates> {
-        let s = &self.shared;
-        let c = &s.client;
-        let mut st = s.updates.lock().await;
-        let known =
-            version > 0 && (version as usize) <= st.versions.len() && st.collector.is_some();
-        if !known {
-            // Everything now: a fresh collector and filter, then the current VMs.
-            if let Some(old) = st.collector.take() {
-                let _ = c
-                    .call(Element::new("DestroyPropertyCollector").with_moref("_this", &old))
-                    .await;
-            }
-            let pc = c
-                .call_moref(
-                    Element::new("CreatePropertyCollector")
-                        .with_moref("_this", &c.content().property_collector),
-                )
-                .await?;
-            c.call(
-                Element::new("CreateFilter")
-                    .with_moref("_this", &pc)
-                    .with(filter_spec(
-                        "spec",
-                        &vm_spec_props(),
-                        &s.inv.vm_folder,
-                        true,
-                        vm_folder_traversal(),
-                    ))
-                    .with_text("partialUpdates", "false"),
-            )
-            .await?;
-            let rv = c
-                .call_rv(
-                    Element::new("WaitForUpdatesEx")
-                        .with_moref("_this", &pc)
-                        .with_text("version", "")
-                        .with(Element::new("options").with_text("maxWaitSeconds", "0")),
-                )
-                .await?;
-            st.collector = Some(pc);
-            st.versions.push(
-                rv.and_then(|r| r.text_of("version").map(str::to_string))
-                    .unwrap_or_default(),
-            );
-            drop(st);
-            let changed = s.read_vms(None, &[]).await?;
-            let version = s.updates.lock().await.versions.len() as u64;
-            return Ok(VmUpdates {
-                version,
-                changed,
-                removed: vec![],
-            });
-        }
-        let pc = st
-            .collector
-            .clone()
-            .ok_or_else(|| Error::Internal("no collector".into()))?;
-        let since = st.versions[version as usize - 1].clone();
-        let rv = c
-            .call_rv(
-                Element::new("WaitForUpdatesEx")
-                    .with_moref("_this", &pc)
-                    .with_text("version", &since)
-                    .with(
-                        Element::new("options")
-                            .with_text("maxWaitSeconds", timeout.as_secs().to_string()),
-                    ),
-            )
-            .await;
-        let rv = match rv {
-            Ok(rv) => rv,
-            Err(e)
-                if e.is_fault("InvalidCollectorVersion") || e.is_fault("ManagedObjectNotFound") =>
-            {
-                st.collector = None;
-                drop(st);
-                return self.wait_for_updates(0, timeout).await;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let Some(set) = rv else {
-            return Ok(VmUpdates {
-                version,
-                changed: vec![],
-                removed: vec![],
-            });
-        };
-        let mut touched = Vec::new();
-        let mut removed = Vec::new();
-        for f in set.children_named("filterSet") {
-            for o in f.children_named("objectSet") {
-                let Some(obj) = o.moref_of("obj") else {
-                    continue;
-                };
-                if obj.kind != "VirtualMachine" {
-                    continue;
-                }
-                if o.text_of("kind") == Some("leave") {
-                    touched.retain(|t| *t != obj);
-                    if !removed.contains(&obj) {
-                        removed.push(obj);
-                    }
-                } else if !touched.contains(&obj) {
-                    removed.retain(|r| *r != obj);
-                    touched.push(obj);
-                }
-            }
-        }
-        st.versions
-            .push(set.text_of("version").unwrap_or_default().to_string());
-        let new_version = st.versions.len() as u64;
-        drop(st);
-        // The changes name properties; read the touched VMs whole (one call).
-        let mut changed = if touched.is_empty() {
-            vec![]
-        } else {
-            s.read_vms(None, &touched).await?
-        };
-        for t in &touched {
-            if !changed.iter().any(|v| &v.reference == t) && !removed.contains(t) {
-                removed.push(t.clone());
-            }
-        }
-        changed.sort_by(|a, b| a.reference.cmp(&b.reference));
-        Ok(VmUpdates {
-            version: new_version,
-            changed,
-            removed,
-        })
+        crate::updates::wait_for_updates(&self.shared, version, timeout).await
     }
 }

@@ -17,6 +17,7 @@ pub mod fault;
 mod network;
 mod storage;
 pub mod tls;
+mod updates;
 pub mod vcsim;
 pub mod vmdk;
 pub mod xml;
@@ -80,8 +81,8 @@ pub(crate) struct Shared {
     pub(crate) networks: Mutex<HashMap<MoRef, NetworkInfo>>,
     /// Distributed switch UUIDs of distributed port groups.
     pub(crate) dvs_uuids: Mutex<HashMap<MoRef, String>>,
-    /// The property collector and filter behind `wait_for_updates`.
-    pub(crate) updates: tokio::sync::Mutex<compute::UpdateState>,
+    /// The change log behind `wait_for_updates`, fed by a background task.
+    pub(crate) updates: updates::Updates,
 }
 
 /// The vSphere backend: one session, three providers.
@@ -102,7 +103,7 @@ impl VsphereBackend {
                 inv,
                 networks: Mutex::new(HashMap::new()),
                 dvs_uuids: Mutex::new(HashMap::new()),
-                updates: tokio::sync::Mutex::new(compute::UpdateState::default()),
+                updates: updates::Updates::default(),
             }),
         };
         Ok(backend)

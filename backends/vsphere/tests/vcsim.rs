@@ -729,3 +729,62 @@ async fn tasks_are_awaited_with_wait_for_updates_too() {
         .unwrap();
     assert!(!b.exists(&ds("t")).await.unwrap());
 }
+
+#[tokio::test]
+async fn concurrent_waiters_each_see_a_power_change() {
+    let sim = Vcsim::start(&[]);
+    let b = connect(&sim).await;
+    let root = b.find_pool(ROOT_POOL).await.unwrap();
+    let spec = VmSpec {
+        name: "both".into(),
+        pool: root.reference.clone(),
+        files: ds("both"),
+        num_cpus: 1,
+        memory_mb: 64,
+        guest_id: "otherGuest64".into(),
+        devices: vec![],
+        extra_config: BTreeMap::new(),
+        annotation: String::new(),
+    };
+    let vm = b.create_vm(&spec).await.unwrap();
+    let start = b.wait_for_updates(0, Duration::ZERO).await.unwrap();
+    assert!(start.changed.iter().any(|v| v.reference == vm.reference));
+    // A long waiter (the engine's supervisor) and a short one (a stop waiting for the
+    // power-off) at once; neither takes the other's update nor waits behind it.
+    let watch = |timeout: u64| {
+        let b = b.clone();
+        let vm = vm.reference.clone();
+        async move {
+            let began = std::time::Instant::now();
+            let mut version = start.version;
+            loop {
+                let u = b
+                    .wait_for_updates(version, Duration::from_secs(timeout))
+                    .await
+                    .unwrap();
+                version = u.version;
+                if u.changed
+                    .iter()
+                    .any(|v| v.reference == vm && v.power_state == PowerState::PoweredOn)
+                {
+                    return began.elapsed();
+                }
+                assert!(began.elapsed() < Duration::from_secs(20), "no update");
+            }
+        }
+    };
+    let power = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        b.power_on(&vm.reference).await.unwrap();
+    };
+    let (long, short, ()) = tokio::join!(watch(30), watch(3), power);
+    assert!(long < Duration::from_secs(10), "{long:?}");
+    assert!(short < Duration::from_secs(10), "{short:?}");
+    // A version from another connection gets everything.
+    let other = connect(&sim).await;
+    let u = other
+        .wait_for_updates(start.version + 100, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(u.changed.iter().any(|v| v.reference == vm.reference));
+}
