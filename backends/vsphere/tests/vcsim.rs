@@ -136,8 +136,7 @@ async fn an_expired_session_is_renewed_transparently() {
 }
 
 /// A container VM as the engine makes one: every device VIC gives it.
-fn container_spec(b: &VsphereBackend, pool: &MoRef, net: &MoRef, parent: &DsPath) -> VmSpec {
-    let _ = b;
+fn container_spec(pool: &MoRef, net: &MoRef, parent: &DsPath) -> VmSpec {
     let folder = ds("c0ffee");
     VmSpec {
         name: "c0ffee".into(),
@@ -243,7 +242,7 @@ async fn container_vm_with_every_device_and_key_visible_to_a_plain_query() {
         .await
         .unwrap();
 
-    let spec = container_spec(&b, &vch.reference, &net.reference, &layer);
+    let spec = container_spec(&vch.reference, &net.reference, &layer);
     let before = b.client().round_trips();
     let vm = b.create_vm(&spec).await.unwrap();
     let create_trips = b.client().round_trips() - before;
