@@ -17,7 +17,7 @@ use crate::provider::{
 };
 use crate::reference::Reference;
 use crate::{DsPath, Error, Result};
-use vic_tether::protocol::{GuestConfig, GuestStatus, Session};
+use vic_tether::protocol::{GuestConfig, GuestStatus, STATUS_KEY, Session};
 
 /// vCPUs of a container VM when the request sets none (VIC's default).
 pub const DEFAULT_CPUS: u32 = 2;
@@ -368,7 +368,10 @@ impl Engine {
     pub async fn wait_container(&self, key: &str, condition: WaitCondition) -> Result<i32> {
         let first = self.container(key).await?;
         let id = first.container.id;
-        let started_before = first.container.state.started_at;
+        // A run after this call changes the guest's status key (a start clears it, the
+        // guest reports running, then exited; a guest that fails early reports only
+        // its exit, with no start time).
+        let status_before = first.vm.extra_config.get(STATUS_KEY).cloned();
         let mut last_code = first.container.state.exit_code;
         let mut version = 0;
         let mut off_since: Option<std::time::Instant> = None;
@@ -381,7 +384,8 @@ impl Engine {
                 Err(e) => return Err(e),
             };
             last_code = view.container.state.exit_code;
-            let new_run = view.container.state.started_at != started_before;
+            let status_now = view.vm.extra_config.get(STATUS_KEY);
+            let new_run = status_now.is_some() && status_now != status_before.as_ref();
             let wanted = match condition {
                 WaitCondition::NotRunning => true,
                 WaitCondition::NextExit => new_run,

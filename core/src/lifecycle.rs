@@ -149,6 +149,9 @@ pub struct AttachTicket {
     /// The container as it was when the attach came.
     pub container: Container,
     vm: MoRef,
+    /// The guest's status key when the attach came: a different one on a powered-off
+    /// VM means a run has come and gone without the attach (its guest failed early).
+    status: Option<String>,
 }
 
 impl Drop for AttachTicket {
@@ -430,6 +433,7 @@ impl Engine {
         Ok(AttachTicket {
             pending: self.lifecycle.pending.clone(),
             container: view.container,
+            status: view.vm.extra_config.get(STATUS_KEY).cloned(),
             vm: view.vm.reference,
         })
     }
@@ -448,6 +452,13 @@ impl Engine {
                 }
                 other => other?,
             };
+            let status = info.extra_config.get(STATUS_KEY);
+            if info.power_state == PowerState::PoweredOff
+                && status.is_some()
+                && status != ticket.status.as_ref()
+            {
+                return Err(not_running(id));
+            }
             if info.power_state == PowerState::PoweredOn {
                 match self.connect_guest(&ticket.vm).await {
                     Ok(mut s) => {

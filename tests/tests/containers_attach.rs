@@ -75,6 +75,20 @@ impl Setup {
     }
 }
 
+/// A failed test must not leave guests running on the host: remove every container.
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Some(ep) = &self.ep {
+            let ids = stdout(&docker(&ep.host(), &["ps", "-aq"]));
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids.split_whitespace());
+            if args.len() > 2 {
+                let _ = docker(&ep.host(), &args);
+            }
+        }
+    }
+}
+
 #[test]
 fn foreground_runs_stdin_tty_and_image_config() {
     if !can_run_guests() {

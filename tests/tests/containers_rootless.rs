@@ -70,6 +70,27 @@ fn docker_run_works_for_a_non_root_endpoint() {
     use std::os::unix::fs::MetadataExt;
     assert_eq!((meta.uid(), meta.gid()), NOBODY);
     ok(&docker(&h, &["rm", "writer"]), "rm");
+    // Only root exists inside: another user is a clear error, not a cryptic one.
+    let o = docker(
+        &h,
+        &[
+            "run",
+            "--name",
+            "baduser",
+            "-u",
+            "65534:65534",
+            &bb.reference,
+            "id",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(128), "{}", stderr(&o));
+    assert!(stderr(&o).contains("does not map"), "{}", stderr(&o));
+    let err = ok(
+        &docker(&h, &["inspect", "baduser", "--format", "{{.State.Error}}"]),
+        "inspect",
+    );
+    assert!(err.contains("does not map"), "{err}");
+    ok(&docker(&h, &["rm", "baduser"]), "rm");
 }
 
 fn walk_find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {

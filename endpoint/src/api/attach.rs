@@ -182,6 +182,17 @@ async fn session<W, R>(
         Ok(g) => g,
         Err(e) => {
             debug!(container = %ticket.container.id, error = %e, "attach: guest unreachable");
+            // A guest that failed before its process started says why in its status:
+            // the client sees it on stderr, as a failed start shows on dockerd.
+            if let Ok(v) = engine.container(&ticket.container.id).await
+                && !v.container.state.error.is_empty()
+                && opts.stderr
+            {
+                let mut b = Vec::new();
+                let msg = format!("vic: {}\n", v.container.state.error);
+                client_bytes(tty, Stream::Stderr, msg.as_bytes(), &mut b);
+                let _ = out.write_all(&b).await;
+            }
             let _ = out.shutdown().await;
             return;
         }

@@ -77,6 +77,23 @@ impl Failure {
     }
 }
 
+/// Whether `id` is mapped by a `/proc/self/{uid,gid}_map` text (lines `inside outside
+/// count`); an unreadable or empty map counts as the identity.
+fn id_mapped(maps: &str, id: u32) -> bool {
+    let ranges: Vec<(u64, u64)> = maps
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().map(|x| x.parse::<u64>().ok());
+            let (inside, _, count) = (f.next()??, f.next()??, f.next()??);
+            Some((inside, count))
+        })
+        .collect();
+    ranges.is_empty()
+        || ranges
+            .iter()
+            .any(|&(inside, count)| (inside..inside + count).contains(&u64::from(id)))
+}
+
 /// Run the guest init on `vm_folder` and `rootfs`; returns the tether's exit status
 /// (the process's).
 pub fn run(vm_folder: &Path, rootfs: &Path) -> i32 {
@@ -213,6 +230,23 @@ impl Guest {
         let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
         let exec_user = user::resolve(&s.user, &passwd, &group)
             .map_err(|e| (Failure::setup(e.to_string()), None))?;
+        for (kind, id, map) in [
+            ("uid", exec_user.uid, "/proc/self/uid_map"),
+            ("gid", exec_user.gid, "/proc/self/gid_map"),
+        ] {
+            let maps = std::fs::read_to_string(map).unwrap_or_default();
+            if !id_mapped(&maps, id) {
+                return Err((
+                    Failure::setup(format!(
+                        "user {:?} needs {kind} {id}, which this guest's user namespace does \
+                         not map (the endpoint runs as an ordinary user: only root, 0, exists \
+                         in its containers)",
+                        s.user
+                    )),
+                    None,
+                ));
+            }
+        }
         let mut env = s.env.clone();
         if env_get(&env, "HOME").is_none() {
             env.push(format!("HOME={}", exec_user.home));
@@ -343,5 +377,20 @@ impl Guest {
             }
         }
         status.unwrap_or(128)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::id_mapped;
+
+    #[test]
+    fn ids_in_and_outside_the_namespace_map() {
+        let all = "         0          0 4294967295\n";
+        assert!(id_mapped(all, 65534));
+        let rootless = "         0       1000          1\n";
+        assert!(id_mapped(rootless, 0));
+        assert!(!id_mapped(rootless, 65534));
+        assert!(id_mapped("", 42), "no map: the identity");
     }
 }
