@@ -70,6 +70,79 @@ impl GuestRunner for NoGuest {}
 pub struct GuestHost {
     pub(crate) state_dir: PathBuf,
     pub(crate) roots: Arc<Roots>,
+    pub(crate) exits: Arc<GuestExits>,
+}
+
+/// Guests' ends, as they happen: wakes the reconciler at once instead of at its next
+/// round, so that an exit is seen in milliseconds.
+#[derive(Debug, Default)]
+pub(crate) struct GuestExits {
+    pub(crate) ended: tokio::sync::Notify,
+    watched: std::sync::Mutex<std::collections::HashSet<i32>>,
+}
+
+/// Blocks until the process `pid` (not a child of ours) has ended; `false` when it
+/// cannot be watched (no pidfd: the reconciler's rounds find it all the same).
+fn wait_gone(pid: i32) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let Ok(fd) = i32::try_from(fd) else {
+        return false;
+    };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: a descriptor we own from here on.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut p = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut p, 1, -1) };
+        if r >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return r > 0;
+        }
+    }
+}
+
+impl GuestHost {
+    /// Wakes the reconciler when the guest process `pid` ends (once per pid; a small
+    /// thread waits on its pidfd).
+    pub fn notify_when_gone(&self, pid: i32) {
+        if !self
+            .exits
+            .watched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(pid)
+        {
+            return;
+        }
+        let exits = self.exits.clone();
+        let spawned = std::thread::Builder::new()
+            .name("vic-guest-exit".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                if wait_gone(pid) {
+                    exits.ended.notify_one();
+                }
+                exits
+                    .watched
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&pid);
+            });
+        if spawned.is_err() {
+            self.exits
+                .watched
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&pid);
+        }
+    }
 }
 
 impl GuestHost {

@@ -453,6 +453,7 @@ impl GuestRunner for TetherRunner {
             undo_groups();
             return Err(Error::io(format!("write {}", pid_file.display()), e));
         }
+        host.notify_when_gone(pid);
         info!(vm = %vm.name, container = %config.id, pid, ?mode, tether = %tether.display(), "guest started");
         Ok(())
     }
@@ -491,6 +492,8 @@ impl GuestRunner for TetherRunner {
         let alive = g.alive();
         let mut keys = read_out_keys(&folder);
         if alive {
+            // Guests of an earlier endpoint are watched from now on too.
+            host.notify_when_gone(g.pid);
             return GuestCheck::Running(keys);
         }
         let status = GuestStatus::from_keys(&keys).ok().flatten();

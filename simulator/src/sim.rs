@@ -49,7 +49,8 @@ const ORIGIN_SUFFIX: &str = ".origin";
 pub(crate) const TMP_MARK: &str = ".vic-tmp-";
 /// MHz per core of the default host.
 const DEFAULT_CPU_MHZ: u64 = 2000;
-/// How often the background task of [`Simulator::set_guest_runner`] reconciles guests.
+/// How often the background task of [`Simulator::set_guest_runner`] reconciles guests
+/// when no guest's end wakes it earlier.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Milliseconds since the epoch.
@@ -88,6 +89,7 @@ pub(crate) struct Inner {
     watch: watch::Sender<u64>,
     guest: RwLock<Arc<dyn GuestRunner>>,
     reconciler: AtomicBool,
+    exits: Arc<crate::guest::GuestExits>,
     seq: AtomicU64,
 }
 
@@ -173,6 +175,7 @@ impl Simulator {
                 watch,
                 guest: RwLock::new(Arc::new(NoGuest)),
                 reconciler: AtomicBool::new(false),
+                exits: Default::default(),
                 seq: AtomicU64::new(0),
             }),
         })
@@ -263,6 +266,7 @@ impl Simulator {
             return;
         }
         let weak = self.downgrade();
+        let exits = self.inner.exits.clone();
         let body = async move {
             loop {
                 match weak.upgrade() {
@@ -273,7 +277,11 @@ impl Simulator {
                         }
                     }
                 }
-                tokio::time::sleep(RECONCILE_INTERVAL).await;
+                // A guest's end (its runner watches it) wakes this at once.
+                tokio::select! {
+                    () = tokio::time::sleep(RECONCILE_INTERVAL) => {}
+                    () = exits.ended.notified() => {}
+                }
             }
         };
         match tokio::runtime::Handle::try_current() {
@@ -498,6 +506,7 @@ impl Inner {
         GuestHost {
             state_dir: self.dir.clone(),
             roots: self.roots.clone(),
+            exits: self.exits.clone(),
         }
     }
 

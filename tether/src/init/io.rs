@@ -29,14 +29,28 @@ struct Clients {
     seen: u64,
 }
 
+/// Where stdin frames go.
+#[derive(Debug)]
+enum StdinState {
+    /// The process does not run yet: input is held, and whether a close came.
+    Pending { held: Vec<u8>, closed: bool },
+    /// The process's stdin.
+    Open(File),
+    /// Closed (or the session has none).
+    Closed,
+}
+
 /// The process's stdio seen from the tether: the log, attach clients, stdin.
 #[derive(Debug)]
 pub struct Hub {
     log: Mutex<Writer<File>>,
     clients: Mutex<Clients>,
     connected: Condvar,
-    /// Where stdin frames go: the stdin pipe or the pty master; `None` once closed.
-    stdin: Mutex<Option<File>>,
+    /// Where stdin frames go: held until the process's stdin exists, then the stdin
+    /// pipe or the pty master, until closed.
+    stdin: Mutex<StdinState>,
+    /// The session has a TTY (its stdin is the pty master, which is also the output).
+    tty: bool,
     /// The pty master, for resizes.
     pty: Mutex<Option<File>>,
     stdin_once: bool,
@@ -47,12 +61,16 @@ pub struct Hub {
 impl Hub {
     /// A hub writing the log to `log`; `stdin_once` closes stdin when the first client
     /// that sent some leaves.
-    pub fn new(log: Writer<File>, stdin_once: bool) -> Self {
+    pub fn new(log: Writer<File>, stdin_once: bool, tty: bool) -> Self {
         Self {
             log: Mutex::new(log),
             clients: Mutex::new(Clients::default()),
             connected: Condvar::new(),
-            stdin: Mutex::new(None),
+            stdin: Mutex::new(StdinState::Pending {
+                held: Vec::new(),
+                closed: false,
+            }),
+            tty,
             pty: Mutex::new(None),
             stdin_once,
             pid: std::sync::atomic::AtomicI32::new(0),
@@ -70,12 +88,20 @@ impl Hub {
     }
 
     fn has_pty(&self) -> bool {
-        lock(&self.pty).is_some()
+        self.tty
     }
 
-    /// Set what stdin frames feed, once the process's stdio exists.
+    /// Set what stdin frames feed, once the process runs; input that came before is
+    /// written first, and a close that came before closes it.
     pub fn set_stdin(&self, stdin: Option<File>) {
-        *lock(&self.stdin) = stdin;
+        let mut st = lock(&self.stdin);
+        let prior = std::mem::replace(&mut *st, StdinState::Closed);
+        if let (Some(mut f), StdinState::Pending { held, closed }) = (stdin, prior)
+            && f.write_all(&held).is_ok()
+            && !closed
+        {
+            *st = StdinState::Open(f);
+        }
     }
 
     /// Record output: into the log, then to every client.
@@ -114,7 +140,11 @@ impl Hub {
     }
 
     fn close_stdin(&self) {
-        lock(&self.stdin).take();
+        let mut st = lock(&self.stdin);
+        match &mut *st {
+            StdinState::Pending { closed, .. } => *closed = true,
+            _ => *st = StdinState::Closed,
+        }
     }
 
     fn add_client(self: &Arc<Self>, stream: UnixStream) {
@@ -153,11 +183,15 @@ impl Hub {
                 Frame::Stdin(data) => {
                     sent_stdin = true;
                     let mut stdin = lock(&self.stdin);
-                    if let Some(f) = stdin.as_mut()
-                        && f.write_all(&data).is_err()
-                    {
-                        // The process closed its stdin.
-                        stdin.take();
+                    match &mut *stdin {
+                        StdinState::Pending { held, .. } => held.extend_from_slice(&data),
+                        StdinState::Open(f) => {
+                            if f.write_all(&data).is_err() {
+                                // The process closed its stdin.
+                                *stdin = StdinState::Closed;
+                            }
+                        }
+                        StdinState::Closed => {}
                     }
                 }
                 Frame::CloseStdin => {

@@ -41,6 +41,10 @@ use crate::user::{self, DEFAULT_PATH, env_get};
 use self::io::Hub;
 use self::process::{Spawn, Stdio};
 
+/// How long a guest that failed before its process started waits for the attach
+/// client that `attach_wait` expects, to tell it why.
+const FAILURE_ATTACH_WAIT: Duration = Duration::from_secs(2);
+
 /// How long `attach_wait` holds the process back for its first attach client.
 const ATTACH_WAIT_MAX: Duration = Duration::from_secs(30);
 
@@ -152,9 +156,17 @@ pub fn run(vm_folder: &Path, rootfs: &Path) -> i32 {
         }
         Err((f, hub)) => {
             eprintln!("tether: {}", f.message);
-            report(&failed(&f));
             if let Some(h) = hub {
+                // Why, on stderr: in the log, and to the attach that `docker run` holds
+                // the start for (given a moment to connect).
+                if config.session.attach_wait {
+                    h.wait_for_client(FAILURE_ATTACH_WAIT);
+                }
+                h.output(Stream::Stderr, format!("{}\n", f.message).as_bytes());
+                report(&failed(&f));
                 h.finish(f.code);
+            } else {
+                report(&failed(&f));
             }
             f.code
         }
@@ -218,81 +230,43 @@ impl Guest {
         let _ = std::fs::remove_file(ATTACH_SOCKET);
         let listener =
             UnixListener::bind(ATTACH_SOCKET).map_err(setup("bind attach socket".into()))?;
-
-        rootfs::prepare(rootfs, config).map_err(|f| (f, None))?;
-        let prepared = rootfs::write_etc(config)
-            .and_then(|()| rootfs::set_names(config))
-            .and_then(|()| rootfs::loopback_up());
-        prepared.map_err(|f| (f, None))?;
-
-        // Identity and command, in the container's files.
-        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-        let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
-        let exec_user = user::resolve(&s.user, &passwd, &group)
-            .map_err(|e| (Failure::setup(e.to_string()), None))?;
-        for (kind, id, map) in [
-            ("uid", exec_user.uid, "/proc/self/uid_map"),
-            ("gid", exec_user.gid, "/proc/self/gid_map"),
-        ] {
-            let maps = std::fs::read_to_string(map).unwrap_or_default();
-            if !id_mapped(&maps, id) {
-                return Err((
-                    Failure::setup(format!(
-                        "user {:?} needs {kind} {id}, which this guest's user namespace does \
-                         not map (the endpoint runs as an ordinary user: only root, 0, exists \
-                         in its containers)",
-                        s.user
-                    )),
-                    None,
-                ));
+        // Attach clients are served from here on, so that they also learn why a guest
+        // failed before its process started.
+        let hub = Arc::new(Hub::new(log, s.stdin_once, s.tty));
+        io::serve_attach(hub.clone(), listener).map_err(setup("attach thread".into()))?;
+        let (spawn, stdio, ends) =
+            Self::prepare(rootfs, config).map_err(|f| (f, Some(hub.clone())))?;
+        let fail = |what: &str| {
+            let what = what.to_owned();
+            let hub = hub.clone();
+            move |e: std::io::Error| {
+                (
+                    Failure::setup(format!("{what}: {}", user::os_message(&e))),
+                    Some(hub),
+                )
             }
-        }
-        let mut env = s.env.clone();
-        if env_get(&env, "HOME").is_none() {
-            env.push(format!("HOME={}", exec_user.home));
-        }
-        let path_env = env_get(&env, "PATH").unwrap_or(DEFAULT_PATH).to_owned();
-        let path = user::look_path(&s.path, &path_env).map_err(|e| {
-            (
-                Failure {
-                    code: e.exit_code(),
-                    message: e.to_string(),
-                },
-                None,
-            )
-        })?;
-        if !s.dir.is_empty() && !Path::new(&s.dir).exists() {
-            std::fs::create_dir_all(&s.dir).map_err(setup(format!("mkdir {}", s.dir)))?;
-            let c = sys::cpath(Path::new(&s.dir)).map_err(setup("workdir".into()))?;
-            // SAFETY: a NUL-terminated path.
-            unsafe { libc::chown(c.as_ptr(), exec_user.uid, exec_user.gid) };
-        }
-        let mut argv = vec![s.path.clone()];
-        argv.extend(s.args.iter().cloned());
-        let spawn = Spawn::new(&path, &argv, &env, &s.dir, exec_user).map_err(|f| (f, None))?;
-
-        // Stdio exists before the process so that attach clients may come first.
-        let (stdio, ends) = process::stdio(s.tty, s.open_stdin).map_err(|f| (f, None))?;
-        let hub = Arc::new(Hub::new(log, s.stdin_once));
+        };
         let outputs = match stdio {
             Stdio::Pipes {
                 stdin,
                 stdout,
                 stderr,
-            } => {
-                hub.set_stdin(stdin);
-                vec![(stdout, Stream::Stdout), (stderr, Stream::Stderr)]
-            }
+            } => (
+                stdin,
+                vec![(stdout, Stream::Stdout), (stderr, Stream::Stderr)],
+            ),
             Stdio::Pty(master) => {
-                let out = master.try_clone().map_err(setup("dup pty".into()))?;
-                if s.open_stdin {
-                    hub.set_stdin(Some(master.try_clone().map_err(setup("dup pty".into()))?));
-                }
+                let out = master.try_clone().map_err(fail("dup pty"))?;
+                let input = if s.open_stdin {
+                    Some(master.try_clone().map_err(fail("dup pty"))?)
+                } else {
+                    None
+                };
                 hub.set_pty(master);
-                vec![(out, Stream::Stdout)]
+                (input, vec![(out, Stream::Stdout)])
             }
         };
-        io::serve_attach(hub.clone(), listener).map_err(setup("attach thread".into()))?;
+        let (stdin, outputs) = outputs;
         if s.attach_wait {
             // Bounded: a client that never comes (its endpoint died) must not keep the
             // container from running.
@@ -316,6 +290,8 @@ impl Guest {
 
         let pid = process::spawn(&spawn, ends).map_err(|f| (f, Some(hub.clone())))?;
         hub.set_pid(pid);
+        // Input that attach clients sent before the process ran goes in now.
+        hub.set_stdin(stdin);
         let started_at = SystemTime::now();
         let (done_tx, drained) = mpsc::channel();
         let outputs = outputs
@@ -335,6 +311,65 @@ impl Guest {
             outputs,
             drained,
         })
+    }
+
+    /// The container's root file system, identity and command, up to the process's
+    /// stdio: everything that can fail before the process starts.
+    fn prepare(
+        rootfs: &Path,
+        config: &GuestConfig,
+    ) -> Result<(Spawn, Stdio, process::ChildEnds), Failure> {
+        let s = &config.session;
+        let fail = |what: String| {
+            move |e: std::io::Error| Failure::setup(format!("{what}: {}", user::os_message(&e)))
+        };
+        rootfs::prepare(rootfs, config)?;
+        let prepared = rootfs::write_etc(config)
+            .and_then(|()| rootfs::set_names(config))
+            .and_then(|()| rootfs::loopback_up());
+        prepared?;
+
+        // Identity and command, in the container's files.
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        let exec_user =
+            user::resolve(&s.user, &passwd, &group).map_err(|e| Failure::setup(e.to_string()))?;
+        for (kind, id, map) in [
+            ("uid", exec_user.uid, "/proc/self/uid_map"),
+            ("gid", exec_user.gid, "/proc/self/gid_map"),
+        ] {
+            let maps = std::fs::read_to_string(map).unwrap_or_default();
+            if !id_mapped(&maps, id) {
+                return Err(Failure::setup(format!(
+                    "user {:?} needs {kind} {id}, which this guest's user namespace does \
+                     not map (the endpoint runs as an ordinary user: only root, 0, exists \
+                     in its containers)",
+                    s.user
+                )));
+            }
+        }
+        let mut env = s.env.clone();
+        if env_get(&env, "HOME").is_none() {
+            env.push(format!("HOME={}", exec_user.home));
+        }
+        let path_env = env_get(&env, "PATH").unwrap_or(DEFAULT_PATH).to_owned();
+        let path = user::look_path(&s.path, &path_env).map_err(|e| Failure {
+            code: e.exit_code(),
+            message: e.to_string(),
+        })?;
+        if !s.dir.is_empty() && !Path::new(&s.dir).exists() {
+            std::fs::create_dir_all(&s.dir).map_err(fail(format!("mkdir {}", s.dir)))?;
+            let c = sys::cpath(Path::new(&s.dir)).map_err(fail("workdir".into()))?;
+            // SAFETY: a NUL-terminated path.
+            unsafe { libc::chown(c.as_ptr(), exec_user.uid, exec_user.gid) };
+        }
+        let mut argv = vec![s.path.clone()];
+        argv.extend(s.args.iter().cloned());
+        let spawn = Spawn::new(&path, &argv, &env, &s.dir, exec_user)?;
+
+        // Stdio exists before the process so that attach clients may come first.
+        let (stdio, ends) = process::stdio(s.tty, s.open_stdin)?;
+        Ok((spawn, stdio, ends))
     }
 
     /// Forward signals and reap children until the process ends; then end the rest of
