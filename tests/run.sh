@@ -17,6 +17,9 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests start the built binaries (vic-endpoint, later tether).
 cargo build --workspace --bins --locked
+# Guests run the statically linked tether, as a container VM's boot image would.
+PROFILE=dev bash tether/build-static.sh target/static/tether
+export VIC_TETHER_BIN="$PWD/target/static/tether"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast
     # nextest does not run doctests.

@@ -6,13 +6,22 @@
 #
 #   tether/build-static.sh [OUT]      # builds, checks, copies to OUT (target/static/tether)
 #
-# A later `cargo build --release` rewrites target/release/tether dynamically linked;
-# the copy in OUT stays static. The guest tests run it with VIC_TETHER_BIN=OUT.
+# PROFILE=dev builds the debug profile instead (target/debug/tether; what the tests
+# use, quick to build once the workspace is). A later `cargo build` of the vic-tether
+# binary rewrites target/<profile>/tether dynamically linked; the copy in OUT stays
+# static: run guests with VIC_TETHER_BIN=OUT (the endpoint otherwise takes the tether
+# beside its own executable).
 set -eu
 cd "$(dirname "$0")/.."
-cargo rustc -p vic-tether --bin tether --release -- \
+profile=${PROFILE:-release}
+case $profile in
+    release) dir=release ;;
+    dev) dir=debug ;;
+    *) echo "build-static.sh: PROFILE is release or dev" >&2; exit 2 ;;
+esac
+cargo rustc -p vic-tether --bin tether --profile "$profile" -- \
     -C target-feature=+crt-static -C strip=symbols
-bin=target/release/tether
+bin=target/$dir/tether
 if ldd "$bin" 2>&1 | grep -q '=>'; then
     echo "build-static.sh: $bin is dynamically linked" >&2
     exit 1
