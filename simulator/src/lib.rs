@@ -29,7 +29,6 @@ mod sim;
 mod storage;
 #[cfg(test)]
 mod testutil;
-mod vmdk;
 
 pub use faults::{Fault, Faults};
 pub use guest::{GuestCheck, GuestHost, GuestRunner, NoGuest};

@@ -18,7 +18,7 @@ use vic_core::{DsPath, Error, MoRef, Result};
 use crate::host::{Roots, ds_io, fs_space, is_missing, write_atomic};
 use crate::inventory::{DiskRecord, Inventory, ds_within, kinds};
 use crate::sim::{Simulator, TMP_MARK, Txn};
-use crate::vmdk::{self, Descriptor};
+use vic_core::vmdk::{self, Descriptor};
 
 /// Reads and parses the descriptor of the disk at `p`.
 pub(crate) fn read_descriptor(roots: &Roots, p: &DsPath) -> Result<Descriptor> {

@@ -19,7 +19,7 @@ mod storage;
 pub mod tls;
 mod updates;
 pub mod vcsim;
-pub mod vmdk;
+pub use vic_core::vmdk;
 pub mod xml;
 
 #[cfg(test)]

@@ -207,7 +207,7 @@ impl Shared {
                     Error::NotFound { .. } => Error::not_found("disk", path.to_string()),
                     e => e,
                 })?;
-        if bytes.len() > vmdk::MAX_DESCRIPTOR {
+        if bytes.len() as u64 > vmdk::MAX_DESCRIPTOR {
             return Err(Error::InvalidArgument(format!(
                 "{path} is not a virtual disk"
             )));
@@ -235,15 +235,10 @@ impl Shared {
         let cid = vmdk::new_cid();
         let text = vmdk::render(path, capacity_kb, cid, parent);
         self.client
-            .upload(self.dc(), path, text.into_bytes())
+            .upload(self.dc(), path, text.clone().into_bytes())
             .await
             .map_err(|e| file_error(e, path))?;
-        Ok(vmdk::Descriptor {
-            cid,
-            parent_cid: parent.map(|(_, c)| c).unwrap_or(0xffff_ffff),
-            parent: parent.map(|(p, _)| p.clone()),
-            capacity_kb,
-        })
+        vmdk::parse(path, &text)
     }
 }
 

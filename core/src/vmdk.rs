@@ -1,20 +1,21 @@
 //! VMDK descriptor files: the text that names a virtual disk's extent, its content id
-//! and, for a child (delta) disk, its parent. The simulator writes descriptors as ESXi
-//! does for `vmfs` and `vmfsSparse` disks and reads back the size and the parent; the
-//! extent files themselves are not created.
+//! and, for a child (delta) disk, its parent. Written as ESXi does for `vmfs` and
+//! `vmfsSparse` disks and read back for the size and the parent: by the simulator (its
+//! disks are descriptors beside a folder), and by the vSphere backend where a server
+//! (vcsim) leaves a new disk's descriptor empty.
 
-use vic_core::{DsPath, Error, Result};
+use crate::{DsPath, Error, Result};
 
 /// The first line of every descriptor.
-pub(crate) const MAGIC: &str = "# Disk DescriptorFile";
+pub const MAGIC: &str = "# Disk DescriptorFile";
 /// Content id meaning "no parent".
 const NO_PARENT: u32 = 0xffff_ffff;
 /// Descriptors larger than this are not descriptors.
-pub(crate) const MAX_DESCRIPTOR: u64 = 64 * 1024;
+pub const MAX_DESCRIPTOR: u64 = 64 * 1024;
 
 /// What a descriptor says.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Descriptor {
+pub struct Descriptor {
     /// Content id.
     pub cid: u32,
     /// The parent's content id (`ffffffff` for none).
@@ -28,20 +29,15 @@ pub(crate) struct Descriptor {
 }
 
 /// A random content id that is not one of the reserved values.
-pub(crate) fn new_cid() -> u32 {
-    let id = vic_core::ids::new_id();
+pub fn new_cid() -> u32 {
+    let id = crate::ids::new_id();
     let cid = u32::from_str_radix(&id[..8], 16).unwrap_or(0x1234_5678);
     if cid >= 0xffff_fffe { 0x0bad_cafe } else { cid }
 }
 
 /// The descriptor text of the disk at `path`: a base disk, or a child of `parent`
 /// (whose content id is `parent_cid`).
-pub(crate) fn render(
-    path: &DsPath,
-    capacity_kb: u64,
-    cid: u32,
-    parent: Option<(&DsPath, u32)>,
-) -> String {
+pub fn render(path: &DsPath, capacity_kb: u64, cid: u32, parent: Option<(&DsPath, u32)>) -> String {
     let sectors = capacity_kb.saturating_mul(2);
     let stem = path
         .file_name()
@@ -60,8 +56,8 @@ pub(crate) fn render(
         .map(|(p, _)| format!("parentFileNameHint=\"{p}\"\n"))
         .unwrap_or_default();
     let cylinders = (sectors / (255 * 63)).clamp(1, 65535);
-    let long_id = &vic_core::ids::new_id()[..32];
-    let uuid_hex = &vic_core::ids::new_id()[..32];
+    let long_id = &crate::ids::new_id()[..32];
+    let uuid_hex = &crate::ids::new_id()[..32];
     let uuid = uuid_hex
         .as_bytes()
         .chunks(2)
@@ -96,7 +92,7 @@ pub(crate) fn render(
 
 /// Reads the descriptor of the disk at `path`. A relative `parentFileNameHint` is taken
 /// relative to the disk's folder.
-pub(crate) fn parse(path: &DsPath, text: &str) -> Result<Descriptor> {
+pub fn parse(path: &DsPath, text: &str) -> Result<Descriptor> {
     let bad = |why: &str| Error::Internal(format!("malformed disk descriptor {path}: {why}"));
     if !text.starts_with(MAGIC) {
         return Err(Error::InvalidArgument(format!(
@@ -140,9 +136,8 @@ pub(crate) fn parse(path: &DsPath, text: &str) -> Result<Descriptor> {
                 parent = Some(if value.starts_with('[') {
                     value.parse::<DsPath>()?
                 } else {
-                    let p = path.parent().join(value);
-                    p.validate()?;
-                    p
+                    relative(path, value)
+                        .ok_or_else(|| bad("the parent hint leaves the datastore"))?
                 })
             }
             _ => {}
@@ -158,6 +153,25 @@ pub(crate) fn parse(path: &DsPath, text: &str) -> Result<Descriptor> {
         parent,
         capacity_kb: sectors / 2,
     })
+}
+
+/// `hint` resolved against the folder of `disk`, as vSphere resolves a relative parent
+/// hint (`..` goes up, never above the datastore's root).
+fn relative(disk: &DsPath, hint: &str) -> Option<DsPath> {
+    let folder = disk.parent();
+    let mut parts: Vec<&str> = folder.path.split('/').filter(|s| !s.is_empty()).collect();
+    for c in hint.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    let p = DsPath::new(disk.datastore.clone(), parts.join("/"));
+    p.validate().ok()?;
+    Some(p)
 }
 
 #[cfg(test)]
@@ -199,5 +213,10 @@ mod tests {
         assert!(parse(&p, &format!("{MAGIC}\nCID=1\n")).is_err());
         let escape = format!("{MAGIC}\nCID=1\nparentFileNameHint=\"../../etc\"\nRW 8 X \"c\"\n");
         assert!(parse(&p, &escape).is_err());
+        let up = format!("{MAGIC}\nCID=1\nparentFileNameHint=\"../y/base.vmdk\"\nRW 8 X \"c\"\n");
+        assert_eq!(
+            parse(&p, &up).unwrap().parent,
+            Some(DsPath::new("ds", "y/base.vmdk"))
+        );
     }
 }
