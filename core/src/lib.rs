@@ -23,6 +23,7 @@ pub mod model;
 pub mod provider;
 pub mod pull;
 pub mod reference;
+pub mod vmdk;
 
 pub use dspath::DsPath;
 pub use engine::{Engine, EngineConfig};
