@@ -62,6 +62,25 @@ async fn main() {
     }
 }
 
+/// The VCH's vApp under `root`, made when missing (what `vic-machine create` does);
+/// returns its inventory path.
+async fn vch_vapp(
+    compute: &dyn vic_core::Compute,
+    root: &vic_core::provider::PoolInfo,
+    name: &str,
+) -> vic_core::Result<String> {
+    let pool = compute
+        .ensure_pool(
+            &root.reference,
+            name,
+            Default::default(),
+            Default::default(),
+            true,
+        )
+        .await?;
+    Ok(pool.path)
+}
+
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let target = args.target.unwrap_or_else(Target::default_simulator);
     let (backend, pool_path) = match &target {
@@ -72,18 +91,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let pool_path = match args.pool {
                 Some(p) => p,
                 None => {
-                    // What vic-machine create does on vSphere: a vApp for the VCH.
                     let root = vic_core::Compute::find_pool(&sim, &sim.root_pool_path()).await?;
-                    let pool = vic_core::Compute::ensure_pool(
-                        &sim,
-                        &root.reference,
-                        &args.name,
-                        Default::default(),
-                        Default::default(),
-                        true,
-                    )
-                    .await?;
-                    pool.path
+                    vch_vapp(&sim, &root, &args.name).await?
                 }
             };
             // Container VMs' guests are the real tether in Linux namespaces; guests that
@@ -111,20 +120,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 .map_err(vic_core::Error::from)?;
             let pool_path = match args.pool {
                 Some(p) => p,
-                None => {
-                    // What vic-machine create does: a vApp for the VCH.
-                    let root = vs.default_root_pool().await?;
-                    let pool = vic_core::Compute::ensure_pool(
-                        &vs,
-                        &root.reference,
-                        &args.name,
-                        Default::default(),
-                        Default::default(),
-                        true,
-                    )
-                    .await?;
-                    pool.path
-                }
+                None => vch_vapp(&vs, &vs.default_root_pool().await?, &args.name).await?,
             };
             // The bridge network's port group, as vic-machine create makes it.
             vic_core::Network::ensure_port_group(
