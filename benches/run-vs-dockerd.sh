@@ -57,85 +57,36 @@ usage() { echo "usage: $0 [RUNS] [CONTAINERS]" >&2; exit 2; }
 [[ $runs =~ ^[1-9][0-9]*$ ]] || usage
 [[ $count =~ ^[1-9][0-9]*$ ]] || usage
 
-say() { echo "run-vs-dockerd: $*" >&2; }
-die() { say "$*"; exit 1; }
+BENCH=run-vs-dockerd
+# shellcheck source-path=SCRIPTDIR/..
+. benches/common.sh
 
 [[ $(id -u) == 0 ]] || die "run it as root (dockerd needs it, and the PSS of other processes)"
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-
-# --- dockerd: install when missing --------------------------------------------------
-
-install_docker() {
-    command -v dockerd >/dev/null && command -v containerd >/dev/null && command -v runc >/dev/null && return 0
-    say "installing docker.io with apt-get (no service is started)"
-    # invoke-rc.d and deb-systemd-invoke ask policy-rc.d before starting a service;
-    # 101 = "not allowed". Only ours is removed afterwards.
-    local policy=/usr/sbin/policy-rc.d ours=0
-    if [[ ! -e $policy ]]; then
-        printf '#!/bin/sh\nexit 101\n' >"$policy"
-        chmod 755 "$policy"
-        ours=1
-    fi
-    local rc=0
-    {
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io >/dev/null
-    } || rc=$?
-    ((ours)) && rm -f "$policy"
-    ((rc == 0)) || die "apt-get install docker.io failed ($rc)"
-    command -v dockerd >/dev/null || die "docker.io installed but no dockerd in PATH"
-}
 
 command -v docker >/dev/null || die "the docker CLI is missing"
 command -v docker-registry >/dev/null || die "docker-registry is missing; run tests/servers.sh install"
 command -v ps >/dev/null || die "ps (procps) is missing"
-install_docker
+install_docker dockerd containerd runc
 
 # --- build -----------------------------------------------------------------------------
 
-say "building release binaries (vic-endpoint, tether, push-fixture)"
-cargo build --release -q -p vic-endpoint -p vic-tether
+say "building release binaries (static tether, vic-endpoint, push-fixture)"
+sh tether/build-static.sh target/static/tether >/dev/null
+cargo build --release -q -p vic-endpoint
 cargo build --release -q -p vic-benches --example push-fixture
 vic_bin=$repo_root/target/release/vic-endpoint
 push_bin=$repo_root/target/release/examples/push-fixture
 # The runner takes the tether beside the endpoint binary (TetherRunner::find_tether);
 # name it explicitly so that no other one (VIC_TETHER_BIN of the caller, PATH) is used.
-export VIC_TETHER_BIN=$repo_root/target/release/tether
+export VIC_TETHER_BIN=$repo_root/target/static/tether
 [[ -x $VIC_TETHER_BIN ]] || die "no $VIC_TETHER_BIN after the build"
 
 # --- servers and containers, stopped and removed on exit ---------------------------------
 
-work=$(mktemp -d /tmp/vic-run-bench.XXXXXX)
-export DOCKER_CONFIG=$work/cli # no credentials or contexts of the user's
-mkdir -p "$DOCKER_CONFIG"
+new_work vic-run-bench
 state=$work/state
-vic_pid=""
-dockerd_pid=""
-vic_host=""
-docker_host=""
 vic_containers=()
 dockerd_containers=()
-
-# stop PID NAME: TERM, wait up to 20 s, then KILL.
-stop() {
-    local pid=$1 name=$2 i
-    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 200; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        say "$name ($pid) did not stop on TERM; killing it"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
 
 # start_time PID: field 22 of /proc/PID/stat (after the parenthesised command name).
 start_time() {
@@ -234,26 +185,9 @@ cleanup() {
         docker -H "$docker_host" rm -f "${dockerd_containers[@]}" >/dev/null 2>&1 ||
             say "docker rm -f on dockerd failed"
     fi
-    stop "$vic_pid" vic-endpoint
-    stop "$dockerd_pid" dockerd
-    # dockerd stops the containerd it started; make sure, by the PID it wrote.
-    local cpid
-    cpid=$(cat "$work/docker/exec/containerd/containerd.pid" 2>/dev/null)
-    if [[ $cpid =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$cpid/cmdline" 2>/dev/null | grep -qF "$work/"; then
-        stop "$cpid" containerd
-    fi
+    stop_servers "$work"
     kill_leftovers
-    if [[ -f $work/registry/pid ]]; then
-        "$repo_root/tests/servers.sh" registry-stop "$work/registry" >/dev/null
-    fi
-    # Mounts dockerd may have left (overlay layers, its exec root), deepest first.
-    awk -v w="$work/" 'index($2, w) == 1 { print $2 }' /proc/self/mounts | sort -r |
-        while read -r m; do umount -l "$m" 2>/dev/null; done
-    if [[ ${KEEP:-0} == 1 ]]; then
-        say "kept $work"
-    else
-        rm -rf "$work"
-    fi
+    remove_work "$work"
     exit "$rc"
 }
 trap cleanup EXIT
@@ -264,48 +198,9 @@ say "registry at $addr; pushing the busybox test image"
 read -r ref image_id < <("$push_bin" "$addr" busybox)
 [[ -n ${image_id:-} ]] || die "push-fixture printed no image"
 
-# vic-endpoint on a new simulator state.
-vic_port=$(free_port)
-vic_host=tcp://127.0.0.1:$vic_port
-"$vic_bin" --target "sim://$state" -H "$vic_host" --insecure-registry "$addr" \
-    --log-level info </dev/null >"$work/vic.log" 2>&1 &
-vic_pid=$!
-for ((i = 0; i < 300; i++)); do
-    curl -sf "http://127.0.0.1:$vic_port/_ping" >/dev/null 2>&1 && break
-    kill -0 "$vic_pid" 2>/dev/null || { tail -n 20 "$work/vic.log" >&2; vic_pid=""; die "vic-endpoint exited"; }
-    sleep 0.1
-done
-curl -sf "http://127.0.0.1:$vic_port/_ping" >/dev/null || die "vic-endpoint did not answer /_ping in 30 s"
-
-# dockerd with everything of its own under $work: no iptables, no bridge, no system
-# config file; it starts a containerd of its own (state under its exec root) unless a
-# system one listens at /run/containerd/containerd.sock.
-mkdir -p "$work/docker/data" "$work/docker/exec"
-echo '{}' >"$work/docker/daemon.json"
-docker_sock=$work/docker/docker.sock
-docker_host=unix://$docker_sock
-dockerd --config-file "$work/docker/daemon.json" \
-    --data-root "$work/docker/data" --exec-root "$work/docker/exec" \
-    --pidfile "$work/docker/docker.pid" -H "$docker_host" \
-    --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false --bridge=none \
-    --userland-proxy=false --insecure-registry "$addr" --log-level info \
-    </dev/null >"$work/dockerd.log" 2>&1 &
-dockerd_pid=$!
-for ((i = 0; i < 600; i++)); do
-    docker -H "$docker_host" version >/dev/null 2>&1 && break
-    if ! kill -0 "$dockerd_pid" 2>/dev/null; then
-        dockerd_pid=""
-        say "dockerd exited at start; the end of its log:"
-        tail -n 30 "$work/dockerd.log" >&2
-        die "dockerd cannot run here (see above); no comparison made"
-    fi
-    sleep 0.1
-done
-if ! docker -H "$docker_host" version >/dev/null 2>&1; then
-    say "dockerd did not answer in 60 s; the end of its log:"
-    tail -n 30 "$work/dockerd.log" >&2
-    die "dockerd cannot run here (see above); no comparison made"
-fi
+# vic-endpoint on a new simulator state; dockerd with everything of its own under $work.
+start_vic "$work" "$addr" "$state"
+start_dockerd "$work" "$addr"
 say "dockerd $(docker -H "$docker_host" version -f '{{.Server.Version}}'), storage driver" \
     "$(docker -H "$docker_host" info -f '{{.Driver}}'), cgroup driver $(docker -H "$docker_host" info -f '{{.CgroupDriver}}')"
 
@@ -341,30 +236,10 @@ run_true() {
     awk -v n=$((end - start)) 'BEGIN { printf "%.3f\n", n / 1e9 }'
 }
 
-# One run each, untimed.
-run_true "$vic_host" >/dev/null
-run_true "$docker_host" >/dev/null
-
-vic_times=()
-dockerd_times=()
-for ((r = 1; r <= runs; r++)); do
-    if ((r % 2)); then
-        v=$(run_true "$vic_host")
-        d=$(run_true "$docker_host")
-    else
-        d=$(run_true "$docker_host")
-        v=$(run_true "$vic_host")
-    fi
-    vic_times+=("$v")
-    dockerd_times+=("$d")
-    echo "run $r: vic ${v} s, dockerd ${d} s"
-done
+# One run each, untimed; then the timed ones, interleaved.
+compare "$runs" run_true
 [[ -z $(docker -H "$vic_host" ps -aq) ]] || die "containers left on vic after docker run --rm"
 [[ -z $(docker -H "$docker_host" ps -aq) ]] || die "containers left on dockerd after docker run --rm"
-
-vic_median=$(printf '%s\n' "${vic_times[@]}" | median)
-dockerd_median=$(printf '%s\n' "${dockerd_times[@]}" | median)
-run_ratio=$(awk -v v="$vic_median" -v d="$dockerd_median" 'BEGIN { printf "%.2f", v / d }')
 
 # --- memory ----------------------------------------------------------------------------
 
@@ -489,6 +364,6 @@ echo "memory cgroups, mean per container (usage incl. page cache / anon):" \
     "vic $((vic_cg_usage / count / 1024)) / $((vic_cg_anon / count / 1024)) KiB," \
     "dockerd $((dockerd_cg_usage / count / 1024)) / $((dockerd_cg_anon / count / 1024)) KiB"
 echo "docker run --rm $ref true, median of $runs:" \
-    "vic ${vic_median} s, dockerd ${dockerd_median} s, vic/dockerd ${run_ratio} (goal <= 0.3)"
+    "vic ${vic_median} s, dockerd ${dockerd_median} s, vic/dockerd ${median_ratio} (goal <= 0.3)"
 echo "host memory per idle container (PSS, $count containers):" \
     "vic ${vic_per} KiB, dockerd ${dockerd_per} KiB, vic/dockerd ${mem_ratio} (goal <= 0.25)"
