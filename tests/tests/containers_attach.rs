@@ -11,12 +11,6 @@ use vic_tests::fixtures::{Pushed, push_busybox, push_users};
 use vic_tests::registry::TestRegistry;
 use vic_tests::{DockerClient, Endpoint, docker, docker_command, ok, stderr, stdout, wait_until};
 
-/// The simulator's guest runner needs root until it has user namespaces.
-fn can_run_guests() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 struct Setup {
     _dir: tempfile::TempDir,
     reg: TestRegistry,
@@ -27,6 +21,18 @@ struct Setup {
 }
 
 impl Setup {
+    /// As [`Setup::new`] when this process is root (these tests switch users in the
+    /// guests and read cgroup limits; `containers_rootless` covers a non-root
+    /// endpoint); `None`, the test skipped, otherwise.
+    fn as_root() -> Option<Setup> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return None;
+        }
+        Some(Setup::new())
+    }
+
     fn new() -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let reg = TestRegistry::start(&dir.path().join("registry"), None);
@@ -91,11 +97,7 @@ impl Drop for Setup {
 
 #[test]
 fn foreground_runs_stdin_tty_and_image_config() {
-    if !can_run_guests() {
-        eprintln!("skipped: the simulator's guest runner needs root");
-        return;
-    }
-    let s = Setup::new();
+    let Some(s) = Setup::as_root() else { return };
     let img = s.bb.reference.as_str();
 
     // --rm: output, exit 0, and the container is gone.
@@ -189,11 +191,7 @@ fn foreground_runs_stdin_tty_and_image_config() {
 
 #[test]
 fn detached_web_logs_follow_stop_kill_restart() {
-    if !can_run_guests() {
-        eprintln!("skipped: the simulator's guest runner needs root");
-        return;
-    }
-    let s = Setup::new();
+    let Some(s) = Setup::as_root() else { return };
     let img = s.bb.reference.as_str();
 
     ok(
@@ -309,11 +307,7 @@ fn detached_web_logs_follow_stop_kill_restart() {
 
 #[test]
 fn restart_policies() {
-    if !can_run_guests() {
-        eprintln!("skipped: the simulator's guest runner needs root");
-        return;
-    }
-    let s = Setup::new();
+    let Some(s) = Setup::as_root() else { return };
     let img = s.bb.reference.as_str();
     ok(
         &s.d(&[
@@ -381,11 +375,9 @@ fn restart_policies() {
 
 #[test]
 fn fifteen_containers_survive_a_kill_9_of_the_endpoint() {
-    if !can_run_guests() {
-        eprintln!("skipped: the simulator's guest runner needs root");
+    let Some(mut s) = Setup::as_root() else {
         return;
-    }
-    let mut s = Setup::new();
+    };
     let img = s.bb.reference.clone();
     let client = DockerClient::new(&s.h());
     for i in 0..10 {
@@ -482,11 +474,7 @@ fn cgroup_file(pid: &str, ctrl: &str, name: &str) -> Option<String> {
 
 #[test]
 fn memory_and_cpus_limit_the_guest() {
-    if !can_run_guests() {
-        eprintln!("skipped: the simulator's guest runner needs root");
-        return;
-    }
-    let s = Setup::new();
+    let Some(s) = Setup::as_root() else { return };
     let img = s.bb.reference.as_str();
     let id = ok(
         &s.d(&[
