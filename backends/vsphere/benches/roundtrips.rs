@@ -11,74 +11,23 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use vic_core::provider::{
-    Allocation, Compute, Device, DeviceSpec, DiskMode, DiskSpec, FileOperation, Network, ScsiKind,
-    Storage, VmSpec,
-};
+use vic_core::provider::{Allocation, Compute, DiskSpec, Network, Storage, VmSpec};
 use vic_core::{DsPath, MoRef};
 use vic_vsphere::VsphereBackend;
-use vic_vsphere::vcsim::Vcsim;
+use vic_vsphere::vcsim::{Vcsim, container_devices};
 
 const RUNS: usize = 5;
 
 fn spec(n: usize, pool: &MoRef, net: &MoRef, layer: &DsPath) -> VmSpec {
     let name = format!("bench-{n:02}");
-    let folder = DsPath::new("LocalDS_0", &name);
-    let dev = |device, op| DeviceSpec {
-        device,
-        file_operation: op,
-    };
     VmSpec {
         name: name.clone(),
         pool: pool.clone(),
-        files: folder.clone(),
+        files: DsPath::new("LocalDS_0", &name),
         num_cpus: 1,
         memory_mb: 256,
         guest_id: "otherGuest64".into(),
-        devices: vec![
-            dev(
-                Device::ScsiController {
-                    key: 100,
-                    kind: ScsiKind::ParaVirtual,
-                    bus: 0,
-                },
-                FileOperation::Attach,
-            ),
-            dev(
-                Device::Disk {
-                    key: 200,
-                    controller_key: 100,
-                    unit: 0,
-                    file: folder.join(format!("{name}.vmdk")),
-                    parent: Some(layer.clone()),
-                    capacity_kb: 0,
-                    mode: DiskMode::Persistent,
-                },
-                FileOperation::Create,
-            ),
-            dev(
-                Device::Cdrom {
-                    key: 300,
-                    iso: Some(DsPath::new("LocalDS_0", "iso/bootstrap.iso")),
-                },
-                FileOperation::Attach,
-            ),
-            dev(
-                Device::Nic {
-                    key: 400,
-                    network: net.clone(),
-                    mac: None,
-                },
-                FileOperation::Attach,
-            ),
-            dev(
-                Device::Serial {
-                    key: 500,
-                    file: folder.join("output.log"),
-                },
-                FileOperation::Attach,
-            ),
-        ],
+        devices: container_devices("LocalDS_0", &name, layer, 0, net, None),
         extra_config: BTreeMap::from([
             ("guestinfo.vice./common/id".into(), name.clone()),
             ("guestinfo.vice./common/name".into(), "bench".into()),

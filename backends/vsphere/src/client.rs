@@ -149,6 +149,25 @@ pub struct PropertySpec {
     pub paths: Vec<String>,
 }
 
+impl PropertySpec {
+    /// The properties `paths` of objects of type `kind`.
+    pub fn new(kind: impl Into<String>, paths: &[&str]) -> PropertySpec {
+        PropertySpec {
+            kind: kind.into(),
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    /// The `propSet` element of a filter spec.
+    pub(crate) fn to_prop_set(&self) -> Element {
+        let mut ps = Element::new("propSet").with_text("type", &self.kind);
+        for path in &self.paths {
+            ps = ps.with_text("pathSet", path);
+        }
+        ps
+    }
+}
+
 /// Builds a `specSet` (`PropertyFilterSpec`) element.
 pub fn filter_spec(
     name: &str,
@@ -159,11 +178,7 @@ pub fn filter_spec(
 ) -> Element {
     let mut spec = Element::new(name);
     for p in props {
-        let mut ps = Element::new("propSet").with_text("type", &p.kind);
-        for path in &p.paths {
-            ps = ps.with_text("pathSet", path);
-        }
-        spec = spec.with(ps);
+        spec = spec.with(p.to_prop_set());
     }
     let mut os = Element::new("objectSet")
         .with_moref("obj", obj)
@@ -184,6 +199,20 @@ pub fn traversal(name: &str, kind: &str, path: &str, next: &[&str]) -> Element {
         t = t.with(Element::new("selectSet").with_text("name", *n));
     }
     t
+}
+
+/// A filter spec (element `name`) on a task's `info.state`, `info.error` and `info.result`.
+fn task_info_spec(name: &str, task: &MoRef) -> Element {
+    filter_spec(
+        name,
+        &[PropertySpec::new(
+            "Task",
+            &["info.state", "info.error", "info.result"],
+        )],
+        task,
+        false,
+        vec![],
+    )
 }
 
 /// The state of a finished task.
@@ -490,22 +519,7 @@ impl Client {
     /// Waits for a task: one read of its state, which is enough when it has already
     /// ended (vcsim's tasks, quick vSphere ones), else [`Client::wait_task_updates`].
     pub async fn wait_task(&self, task: &MoRef, method: &str) -> Result<Option<Element>, Error> {
-        let objs = self
-            .retrieve(filter_spec(
-                "specSet",
-                &[PropertySpec {
-                    kind: "Task".into(),
-                    paths: vec![
-                        "info.state".into(),
-                        "info.error".into(),
-                        "info.result".into(),
-                    ],
-                }],
-                task,
-                false,
-                vec![],
-            ))
-            .await?;
+        let objs = self.retrieve(task_info_spec("specSet", task)).await?;
         let o = objs.first();
         let end = o.and_then(|o| {
             task_end(
@@ -549,20 +563,7 @@ impl Client {
         task: &MoRef,
         method: &str,
     ) -> Result<Option<Element>, Error> {
-        let spec = filter_spec(
-            "spec",
-            &[PropertySpec {
-                kind: "Task".into(),
-                paths: vec![
-                    "info.state".into(),
-                    "info.error".into(),
-                    "info.result".into(),
-                ],
-            }],
-            task,
-            false,
-            vec![],
-        );
+        let spec = task_info_spec("spec", task);
         self.call(
             Element::new("CreateFilter")
                 .with_moref("_this", pc)
@@ -666,14 +667,33 @@ impl Client {
         Ok(out)
     }
 
+    /// The names and references of the objects that `traversal` reaches from `obj`
+    /// (`obj` itself left out), in the order the server gives them.
+    pub async fn names_along(
+        &self,
+        obj: &MoRef,
+        traversal: Element,
+    ) -> Result<Vec<(String, MoRef)>, Error> {
+        let objs = self
+            .retrieve(filter_spec(
+                "specSet",
+                &[PropertySpec::new("ManagedEntity", &["name"])],
+                obj,
+                true,
+                vec![traversal],
+            ))
+            .await?;
+        Ok(objs
+            .into_iter()
+            .filter_map(|o| Some((o.text("name")?.to_string(), o.obj?)))
+            .collect())
+    }
+
     /// Properties of one object.
     pub async fn properties(&self, obj: &MoRef, paths: &[&str]) -> Result<ObjectContent, Error> {
         let spec = filter_spec(
             "specSet",
-            &[PropertySpec {
-                kind: obj.kind.clone(),
-                paths: paths.iter().map(|p| p.to_string()).collect(),
-            }],
+            &[PropertySpec::new(obj.kind.clone(), paths)],
             obj,
             false,
             vec![],
@@ -691,8 +711,13 @@ impl Client {
             })
     }
 
-    /// `SearchIndex.FindByInventoryPath`: the object at `path` (`DC0/host/C0`), if any.
-    pub async fn find_by_path(&self, path: &str) -> Result<Option<MoRef>, Error> {
+    /// Calls the `SearchIndex` method `method`, its arguments added by `args`; the
+    /// object found, if any.
+    async fn search(
+        &self,
+        method: &str,
+        args: impl FnOnce(Element) -> Element,
+    ) -> Result<Option<MoRef>, Error> {
         let si = self
             .inner
             .content
@@ -700,33 +725,26 @@ impl Client {
             .clone()
             .ok_or_else(|| Error::Protocol("the server has no search index".into()))?;
         let rv = self
-            .call_rv(
-                Element::new("FindByInventoryPath")
-                    .with_moref("_this", &si)
-                    .with_text("inventoryPath", path.trim_matches('/')),
-            )
+            .call_rv(args(Element::new(method).with_moref("_this", &si)))
             .await?;
         Ok(rv.and_then(|r| r.as_moref()))
+    }
+
+    /// `SearchIndex.FindByInventoryPath`: the object at `path` (`DC0/host/C0`), if any.
+    pub async fn find_by_path(&self, path: &str) -> Result<Option<MoRef>, Error> {
+        self.search("FindByInventoryPath", |m| {
+            m.with_text("inventoryPath", path.trim_matches('/'))
+        })
+        .await
     }
 
     /// `SearchIndex.FindChild`: the child `name` of a folder, datacenter, compute
     /// resource or pool.
     pub async fn find_child(&self, parent: &MoRef, name: &str) -> Result<Option<MoRef>, Error> {
-        let si = self
-            .inner
-            .content
-            .search_index
-            .clone()
-            .ok_or_else(|| Error::Protocol("the server has no search index".into()))?;
-        let rv = self
-            .call_rv(
-                Element::new("FindChild")
-                    .with_moref("_this", &si)
-                    .with_moref("entity", parent)
-                    .with_text("name", name),
-            )
-            .await?;
-        Ok(rv.and_then(|r| r.as_moref()))
+        self.search("FindChild", |m| {
+            m.with_moref("entity", parent).with_text("name", name)
+        })
+        .await
     }
 
     /// The `/folder` URL of a datastore file.

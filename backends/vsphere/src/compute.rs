@@ -13,7 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tracing::{Instrument, debug, info_span};
 use vic_core::provider::{
-    Allocation, Compute, Device, FileOperation, PoolInfo, VmChange, VmInfo, VmSpec, VmUpdates,
+    Allocation, Compute, Device, DeviceSpec, FileOperation, PoolInfo, VmChange, VmInfo, VmSpec,
+    VmUpdates,
 };
 use vic_core::{DsPath, Error, MoRef, Result};
 
@@ -161,11 +162,7 @@ impl Shared {
         let objs: Vec<ObjectContent> = if !vms.is_empty() {
             let mut spec = Element::new("specSet");
             for p in vm_spec_props() {
-                let mut ps = Element::new("propSet").with_text("type", &p.kind);
-                for path in &p.paths {
-                    ps = ps.with_text("pathSet", path);
-                }
-                spec = spec.with(ps);
+                spec = spec.with(p.to_prop_set());
             }
             for vm in vms {
                 spec = spec.with(Element::new("objectSet").with_moref("obj", vm));
@@ -215,34 +212,30 @@ impl Shared {
         }
         // The pool, its ancestors (for the path) and its owner (for the hardware), in
         // one call.
-        let spec = Element::new("specSet")
-            .with(
-                Element::new("propSet")
-                    .with_text("type", "ManagedEntity")
-                    .with_text("pathSet", "name")
-                    .with_text("pathSet", "parent"),
-            )
-            .with(
-                Element::new("propSet")
-                    .with_text("type", "ResourcePool")
-                    .with_text("pathSet", "config.cpuAllocation")
-                    .with_text("pathSet", "config.memoryAllocation")
-                    .with_text("pathSet", "owner"),
-            )
-            .with(
-                Element::new("propSet")
-                    .with_text("type", "ComputeResource")
-                    .with_text("pathSet", "summary.numCpuCores")
-                    .with_text("pathSet", "summary.totalCpu")
-                    .with_text("pathSet", "summary.totalMemory"),
-            )
-            .with(
-                Element::new("objectSet")
-                    .with_moref("obj", pool)
-                    .with_text("skip", "false")
-                    .with(traversal("up", "ManagedEntity", "parent", &["up"]))
-                    .with(traversal("owner", "ResourcePool", "owner", &[])),
-            );
+        let spec = filter_spec(
+            "specSet",
+            &[
+                PropertySpec::new("ManagedEntity", &["name", "parent"]),
+                PropertySpec::new(
+                    "ResourcePool",
+                    &["config.cpuAllocation", "config.memoryAllocation", "owner"],
+                ),
+                PropertySpec::new(
+                    "ComputeResource",
+                    &[
+                        "summary.numCpuCores",
+                        "summary.totalCpu",
+                        "summary.totalMemory",
+                    ],
+                ),
+            ],
+            pool,
+            false,
+            vec![
+                traversal("up", "ManagedEntity", "parent", &["up"]),
+                traversal("owner", "ResourcePool", "owner", &[]),
+            ],
+        );
         let objs = self.client.retrieve(spec).await?;
         let find = |r: &MoRef| objs.iter().find(|o| o.obj.as_ref() == Some(r));
         let me = find(pool).ok_or_else(|| Error::not_found("pool", pool.value.clone()))?;
@@ -285,24 +278,31 @@ impl Shared {
 
     /// Child pools of `parent` by name.
     async fn child_pools(&self, parent: &MoRef) -> Result<Vec<(String, MoRef)>> {
-        let objs = self
+        let children = self
             .client
-            .retrieve(filter_spec(
-                "specSet",
-                &[PropertySpec {
-                    kind: "ManagedEntity".into(),
-                    paths: vec!["name".into()],
-                }],
-                parent,
-                true,
-                vec![traversal("rp", "ResourcePool", "resourcePool", &[])],
-            ))
+            .names_along(parent, traversal("rp", "ResourcePool", "resourcePool", &[]))
             .await?;
-        Ok(objs
-            .into_iter()
-            .filter_map(|o| Some((o.text("name")?.to_string(), o.obj?)))
-            .filter(|(_, r)| is_pool(r))
-            .collect())
+        Ok(children.into_iter().filter(|(_, r)| is_pool(r)).collect())
+    }
+
+    /// Makes sure every disk that `devices` create has its descriptor.
+    async fn ensure_created_descriptors(&self, devices: &[DeviceSpec]) -> Result<()> {
+        for d in devices {
+            if let (
+                Device::Disk {
+                    file,
+                    parent,
+                    capacity_kb,
+                    ..
+                },
+                FileOperation::Create,
+            ) = (&d.device, d.file_operation)
+            {
+                self.ensure_descriptor(file, *capacity_kb, parent.as_ref())
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     fn ds_path_check(&self, p: &DsPath) -> Result<()> {
@@ -604,21 +604,7 @@ impl Compute for VsphereBackend {
                 .ok_or_else(|| Error::Internal("CreateVM_Task returned no VM".into()))?;
             debug!(%vm, "created");
             let finish = async {
-                for d in &adds {
-                    if let (
-                        Device::Disk {
-                            file,
-                            parent,
-                            capacity_kb,
-                            ..
-                        },
-                        FileOperation::Create,
-                    ) = (&d.device, d.file_operation)
-                    {
-                        s.ensure_descriptor(file, *capacity_kb, parent.as_ref())
-                            .await?;
-                    }
-                }
+                s.ensure_created_descriptors(&adds).await?;
                 s.one_vm(&vm).await
             };
             match finish.await {
@@ -715,22 +701,7 @@ impl Compute for VsphereBackend {
             )
             .instrument(info_span!("reconfigure", %vm))
             .await?;
-        for d in &change.add_devices {
-            if let (
-                Device::Disk {
-                    file,
-                    parent,
-                    capacity_kb,
-                    ..
-                },
-                FileOperation::Create,
-            ) = (&d.device, d.file_operation)
-            {
-                s.ensure_descriptor(file, *capacity_kb, parent.as_ref())
-                    .await?;
-            }
-        }
-        Ok(())
+        s.ensure_created_descriptors(&change.add_devices).await
     }
 
     async fn destroy(&self, vm: &MoRef) -> Result<()> {

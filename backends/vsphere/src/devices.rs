@@ -427,50 +427,14 @@ mod tests {
     #[test]
     fn devices_round_trip_through_their_xml() {
         let ds = |p: &str| DsPath::new("LocalDS_0", p);
-        let adds = vec![
-            DeviceSpec {
-                device: Device::ScsiController {
-                    key: 100,
-                    kind: ScsiKind::ParaVirtual,
-                    bus: 0,
-                },
-                file_operation: FileOperation::Attach,
-            },
-            DeviceSpec {
-                device: Device::Disk {
-                    key: 200,
-                    controller_key: 100,
-                    unit: 0,
-                    file: ds("c/c.vmdk"),
-                    parent: Some(ds("VIC/x/images/l/l.vmdk")),
-                    capacity_kb: 2048,
-                    mode: DiskMode::Persistent,
-                },
-                file_operation: FileOperation::Create,
-            },
-            DeviceSpec {
-                device: Device::Cdrom {
-                    key: 300,
-                    iso: Some(ds("iso/bootstrap.iso")),
-                },
-                file_operation: FileOperation::Attach,
-            },
-            DeviceSpec {
-                device: Device::Nic {
-                    key: 400,
-                    network: MoRef::new("Network", "network-7"),
-                    mac: Some("00:50:56:AA:BB:CC".into()),
-                },
-                file_operation: FileOperation::Attach,
-            },
-            DeviceSpec {
-                device: Device::Serial {
-                    key: 500,
-                    file: ds("c/output.log"),
-                },
-                file_operation: FileOperation::Attach,
-            },
-        ];
+        let adds = crate::vcsim::container_devices(
+            "LocalDS_0",
+            "c",
+            &ds("VIC/x/images/l/l.vmdk"),
+            2048,
+            &MoRef::new("Network", "network-7"),
+            Some("00:50:56:AA:BB:CC"),
+        );
         let keys = temp_keys(&adds);
         let nic = |_: &MoRef| {
             Ok(NicBacking::Network {

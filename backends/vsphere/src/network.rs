@@ -10,7 +10,7 @@ use tracing::{Instrument, info_span};
 use vic_core::provider::{Network, NetworkInfo, NetworkKind};
 use vic_core::{Error, MoRef, Result};
 
-use crate::client::{PropertySpec, filter_spec, traversal};
+use crate::client::traversal;
 use crate::xml::Element;
 use crate::{Shared, VsphereBackend, client_lock};
 
@@ -20,28 +20,20 @@ impl Shared {
     pub(crate) async fn refresh_networks(&self) -> Result<Vec<NetworkInfo>> {
         let objs = self
             .client
-            .retrieve(filter_spec(
-                "specSet",
-                &[PropertySpec {
-                    kind: "ManagedEntity".into(),
-                    paths: vec!["name".into()],
-                }],
+            .names_along(
                 &self.inv.datacenter,
-                true,
-                vec![traversal("dcnet", "Datacenter", "network", &[])],
-            ))
+                traversal("dcnet", "Datacenter", "network", &[]),
+            )
             .await?;
         let vlans = self.port_group_vlans().await.unwrap_or_default();
         let mut out: Vec<NetworkInfo> = objs
             .into_iter()
-            .filter_map(|o| {
-                let r = o.obj.clone()?;
+            .filter_map(|(name, r)| {
                 let kind = match r.kind.as_str() {
                     "Network" => NetworkKind::PortGroup,
                     "DistributedVirtualPortgroup" => NetworkKind::DistributedPortGroup,
                     _ => return None,
                 };
-                let name = o.text("name")?.to_string();
                 Some(NetworkInfo {
                     vlan: vlans.get(&name).copied().filter(|v| *v > 0),
                     reference: r,

@@ -8,12 +8,12 @@ use std::io::Read;
 use std::time::Duration;
 
 use vic_core::provider::{
-    Allocation, Compute, Device, DeviceSpec, DiskMode, DiskSpec, FileOperation, Network,
-    PowerState, ScsiKind, Storage, VmChange, VmSpec,
+    Allocation, Compute, Device, DiskSpec, Network, PowerState, Storage, VmChange, VmSpec,
+    VmUpdates,
 };
 use vic_core::{DsPath, Error, MoRef};
 use vic_vsphere::client::{PropertySpec, filter_spec};
-use vic_vsphere::vcsim::Vcsim;
+use vic_vsphere::vcsim::{Vcsim, container_devices};
 use vic_vsphere::xml::Element;
 use vic_vsphere::{ClientOptions, Tls, VsphereBackend, VsphereOptions};
 
@@ -135,60 +135,51 @@ async fn an_expired_session_is_renewed_transparently() {
     a.list_vms(None).await.unwrap();
 }
 
+/// A VM without devices, 1 CPU and 64 MB, in folder `name`.
+fn bare_spec(name: &str, pool: &MoRef) -> VmSpec {
+    VmSpec {
+        name: name.into(),
+        pool: pool.clone(),
+        files: ds(name),
+        num_cpus: 1,
+        memory_mb: 64,
+        guest_id: "otherGuest64".into(),
+        devices: vec![],
+        extra_config: BTreeMap::new(),
+        annotation: String::new(),
+    }
+}
+
+/// Waits for updates after `version` (moved on) until one satisfies `seen`: true, or ten
+/// waits of two seconds without: false.
+async fn updates_until(
+    b: &VsphereBackend,
+    version: &mut u64,
+    seen: impl Fn(&VmUpdates) -> bool,
+) -> bool {
+    for _ in 0..10 {
+        let u = b
+            .wait_for_updates(*version, Duration::from_secs(2))
+            .await
+            .unwrap();
+        *version = u.version;
+        if seen(&u) {
+            return true;
+        }
+    }
+    false
+}
+
 /// A container VM as the engine makes one: every device VIC gives it.
 fn container_spec(pool: &MoRef, net: &MoRef, parent: &DsPath) -> VmSpec {
-    let folder = ds("c0ffee");
     VmSpec {
         name: "c0ffee".into(),
         pool: pool.clone(),
-        files: folder.clone(),
+        files: ds("c0ffee"),
         num_cpus: 2,
         memory_mb: 512,
         guest_id: "otherGuest64".into(),
-        devices: vec![
-            DeviceSpec {
-                device: Device::ScsiController {
-                    key: 100,
-                    kind: ScsiKind::ParaVirtual,
-                    bus: 0,
-                },
-                file_operation: FileOperation::Attach,
-            },
-            DeviceSpec {
-                device: Device::Disk {
-                    key: 200,
-                    controller_key: 100,
-                    unit: 0,
-                    file: folder.join("c0ffee.vmdk"),
-                    parent: Some(parent.clone()),
-                    capacity_kb: 0,
-                    mode: DiskMode::Persistent,
-                },
-                file_operation: FileOperation::Create,
-            },
-            DeviceSpec {
-                device: Device::Cdrom {
-                    key: 300,
-                    iso: Some(ds("iso/bootstrap.iso")),
-                },
-                file_operation: FileOperation::Attach,
-            },
-            DeviceSpec {
-                device: Device::Nic {
-                    key: 400,
-                    network: net.clone(),
-                    mac: None,
-                },
-                file_operation: FileOperation::Attach,
-            },
-            DeviceSpec {
-                device: Device::Serial {
-                    key: 500,
-                    file: folder.join("output.log"),
-                },
-                file_operation: FileOperation::Attach,
-            },
-        ],
+        devices: container_devices(DS, "c0ffee", parent, 0, net, None),
         extra_config: BTreeMap::from([
             (
                 "guestinfo.vice./common/id".to_string(),
@@ -630,63 +621,27 @@ async fn pools_port_groups_and_updates() {
     // Updates: everything first, then a power change.
     let all = b.wait_for_updates(0, Duration::from_secs(0)).await.unwrap();
     assert!(all.changed.iter().all(|v| !v.name.is_empty()));
-    let spec = VmSpec {
-        name: "watched".into(),
-        pool: root.reference.clone(),
-        files: ds("watched"),
-        num_cpus: 1,
-        memory_mb: 64,
-        guest_id: "otherGuest64".into(),
-        devices: vec![],
-        extra_config: BTreeMap::new(),
-        annotation: String::new(),
-    };
-    let vm = b.create_vm(&spec).await.unwrap();
+    let vm = b
+        .create_vm(&bare_spec("watched", &root.reference))
+        .await
+        .unwrap();
     let mut version = all.version;
-    let mut seen = false;
-    for _ in 0..10 {
-        let u = b
-            .wait_for_updates(version, Duration::from_secs(2))
-            .await
-            .unwrap();
-        version = u.version;
-        if u.changed.iter().any(|v| v.reference == vm.reference) {
-            seen = true;
-            break;
-        }
-    }
+    let seen = updates_until(&b, &mut version, |u| {
+        u.changed.iter().any(|v| v.reference == vm.reference)
+    })
+    .await;
     assert!(seen, "the new VM shows up in the updates");
     b.power_on(&vm.reference).await.unwrap();
-    let mut on = false;
-    for _ in 0..10 {
-        let u = b
-            .wait_for_updates(version, Duration::from_secs(2))
-            .await
-            .unwrap();
-        version = u.version;
-        if u.changed
+    let on = updates_until(&b, &mut version, |u| {
+        u.changed
             .iter()
             .any(|v| v.reference == vm.reference && v.power_state == PowerState::PoweredOn)
-        {
-            on = true;
-            break;
-        }
-    }
+    })
+    .await;
     assert!(on, "the power change shows up in the updates");
     b.power_off(&vm.reference).await.unwrap();
     b.destroy(&vm.reference).await.unwrap();
-    let mut gone = false;
-    for _ in 0..10 {
-        let u = b
-            .wait_for_updates(version, Duration::from_secs(2))
-            .await
-            .unwrap();
-        version = u.version;
-        if u.removed.contains(&vm.reference) {
-            gone = true;
-            break;
-        }
-    }
+    let gone = updates_until(&b, &mut version, |u| u.removed.contains(&vm.reference)).await;
     assert!(gone, "the destroyed VM shows up as removed");
 }
 
@@ -695,16 +650,16 @@ async fn tasks_are_awaited_with_wait_for_updates_too() {
     let sim = Vcsim::start(&[]);
     let b = connect(&sim).await;
     let fm = b.client().content().file_manager.clone().unwrap();
-    let task = b
-        .client()
-        .call_moref(
+    // Starts deleting a datastore file without waiting for the task.
+    let start_delete = |name: &'static str| {
+        b.client().call_moref(
             Element::new("DeleteDatastoreFile_Task")
                 .with_moref("_this", &fm)
-                .with_text("name", "[LocalDS_0] missing")
+                .with_text("name", name)
                 .with_moref("datacenter", b.datacenter()),
         )
-        .await
-        .unwrap();
+    };
+    let task = start_delete("[LocalDS_0] missing").await.unwrap();
     let e = b
         .client()
         .wait_task_updates(&task, "DeleteDatastoreFile_Task")
@@ -712,16 +667,7 @@ async fn tasks_are_awaited_with_wait_for_updates_too() {
         .unwrap_err();
     assert!(e.fault().is_some(), "{e:?}");
     b.make_dir(&ds("t")).await.unwrap();
-    let task = b
-        .client()
-        .call_moref(
-            Element::new("DeleteDatastoreFile_Task")
-                .with_moref("_this", &fm)
-                .with_text("name", "[LocalDS_0] t")
-                .with_moref("datacenter", b.datacenter()),
-        )
-        .await
-        .unwrap();
+    let task = start_delete("[LocalDS_0] t").await.unwrap();
     b.client()
         .wait_task_updates(&task, "DeleteDatastoreFile_Task")
         .await
@@ -734,18 +680,10 @@ async fn concurrent_waiters_each_see_a_power_change() {
     let sim = Vcsim::start(&[]);
     let b = connect(&sim).await;
     let root = b.find_pool(ROOT_POOL).await.unwrap();
-    let spec = VmSpec {
-        name: "both".into(),
-        pool: root.reference.clone(),
-        files: ds("both"),
-        num_cpus: 1,
-        memory_mb: 64,
-        guest_id: "otherGuest64".into(),
-        devices: vec![],
-        extra_config: BTreeMap::new(),
-        annotation: String::new(),
-    };
-    let vm = b.create_vm(&spec).await.unwrap();
+    let vm = b
+        .create_vm(&bare_spec("both", &root.reference))
+        .await
+        .unwrap();
     let start = b.wait_for_updates(0, Duration::ZERO).await.unwrap();
     assert!(start.changed.iter().any(|v| v.reference == vm.reference));
     // A long waiter (the engine's supervisor) and a short one (a stop waiting for the
