@@ -4,6 +4,7 @@
 
 pub mod conformance;
 pub mod fixtures;
+pub mod guest_player;
 pub mod registry;
 pub mod token;
 
