@@ -85,18 +85,44 @@ impl Endpoint {
         env: &[(&str, &str)],
         user: Option<(u32, u32)>,
     ) -> Endpoint {
+        let target = format!("sim://{}", state.display());
+        let mut args = vec!["--target", target.as_str()];
+        args.extend_from_slice(extra);
+        Self::launch(state, &args, env, user)
+    }
+
+    /// Starts `vic-endpoint --target https://USER:PASS@vcsim/sdk --thumbprint …` on
+    /// vcsim `sim` with `extra` arguments; its log goes beside `dir/endpoint`.
+    pub fn start_vsphere(
+        sim: &vic_vsphere::vcsim::Vcsim,
+        (user, pass): (&str, &str),
+        dir: &Path,
+        extra: &[&str],
+    ) -> Endpoint {
+        let url = sim.url_with(user, pass);
+        let mut args = vec!["--target", &url, "--thumbprint", &sim.info.thumbprint];
+        args.extend_from_slice(extra);
+        Self::launch(&dir.join("endpoint"), &args, &[], None)
+    }
+
+    /// Starts `vic-endpoint ARGS -H tcp://127.0.0.1:PORT --log-level debug` on a free
+    /// port, logging to a file beside `state`, and waits until it listens.
+    fn launch(
+        state: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        user: Option<(u32, u32)>,
+    ) -> Endpoint {
         let port = free_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let log = state.with_extension(format!("endpoint-{port}.log"));
         let logf = std::fs::File::create(&log).expect("endpoint log file");
         let mut cmd = Command::new(binary("vic-endpoint"));
-        cmd.arg("--target")
-            .arg(format!("sim://{}", state.display()))
+        cmd.args(args)
             .arg("-H")
             .arg(format!("tcp://{addr}"))
             .arg("--log-level")
             .arg("debug")
-            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf);
@@ -116,7 +142,7 @@ impl Endpoint {
             log,
         };
         let log_path = ep.log.clone();
-        wait_until(Duration::from_secs(20), "the endpoint to listen", || {
+        wait_until(Duration::from_secs(30), "the endpoint to listen", || {
             if let Ok(Some(status)) = ep.child.try_wait() {
                 panic!(
                     "vic-endpoint exited with {status}:\n{}",
@@ -164,6 +190,9 @@ impl Drop for Endpoint {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("endpoint log:\n{}", self.log_text());
+        }
     }
 }
 

@@ -4,76 +4,16 @@
 //! the registry are started here and stopped by PID.
 #![allow(clippy::unwrap_used)]
 
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use vic_core::DsPath;
 use vic_core::model::keys;
 use vic_core::provider::{Compute, Device, PowerState, Storage, VmChange};
 use vic_tests::fixtures::push_busybox;
 use vic_tests::registry::TestRegistry;
-use vic_tests::{binary, docker, free_port, ok, wait_until};
+use vic_tests::{Endpoint, binary, docker, free_port, ok};
 use vic_vsphere::VsphereBackend;
 use vic_vsphere::vcsim::Vcsim;
-
-/// A `vic-endpoint` on vSphere, killed when dropped.
-struct VsphereEndpoint {
-    child: Child,
-    addr: SocketAddr,
-    log: std::path::PathBuf,
-}
-
-impl VsphereEndpoint {
-    fn start(sim: &Vcsim, dir: &std::path::Path, extra: &[&str]) -> VsphereEndpoint {
-        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let log = dir.join("endpoint.log");
-        let mut child = Command::new(binary("vic-endpoint"))
-            .arg("--target")
-            .arg(sim.url_with("vic", "s3cret"))
-            .arg("--thumbprint")
-            .arg(&sim.info.thumbprint)
-            .arg("--name")
-            .arg("vch-e2e")
-            .arg("-H")
-            .arg(format!("tcp://{addr}"))
-            .arg("--log-level")
-            .arg("debug")
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start vic-endpoint");
-        wait_until(Duration::from_secs(30), "the endpoint to listen", || {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "vic-endpoint exited with {status}:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            TcpStream::connect(addr).ok()
-        });
-        VsphereEndpoint { child, addr, log }
-    }
-
-    fn host(&self) -> String {
-        format!("tcp://{}", self.addr)
-    }
-}
-
-impl Drop for VsphereEndpoint {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "endpoint log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-}
 
 #[test]
 fn docker_create_start_inspect_ps_stop_rm_over_soap() {
@@ -97,7 +37,12 @@ fn docker_create_start_inspect_ps_stop_rm_over_soap() {
     let msg = String::from_utf8_lossy(&bad.stderr);
     assert!(msg.contains("incorrect user name or password"), "{msg}");
 
-    let ep = VsphereEndpoint::start(&sim, dir.path(), &["--insecure-registry", reg.addr()]);
+    let ep = Endpoint::start_vsphere(
+        &sim,
+        ("vic", "s3cret"),
+        dir.path(),
+        &["--name", "vch-e2e", "--insecure-registry", reg.addr()],
+    );
     let h = ep.host();
     ok(&docker(&h, &["pull", &bb.reference]), "pull");
     let id = ok(

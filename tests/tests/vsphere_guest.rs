@@ -6,73 +6,13 @@
 //! vcsim, the registry, the endpoint and the player are stopped at the end.
 #![allow(clippy::unwrap_used)]
 
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use vic_tests::fixtures::push_busybox;
 use vic_tests::guest_player::{Event, GuestPlayer, alive};
 use vic_tests::registry::TestRegistry;
-use vic_tests::{binary, docker, free_port, ok, wait_until};
+use vic_tests::{Endpoint, docker, ok, wait_until};
 use vic_vsphere::vcsim::Vcsim;
-
-/// A `vic-endpoint` on vSphere, killed when dropped.
-struct VsphereEndpoint {
-    child: Child,
-    addr: SocketAddr,
-    log: std::path::PathBuf,
-}
-
-impl VsphereEndpoint {
-    fn start(sim: &Vcsim, dir: &std::path::Path, extra: &[&str]) -> VsphereEndpoint {
-        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let log = dir.join("endpoint.log");
-        let mut child = Command::new(binary("vic-endpoint"))
-            .arg("--target")
-            .arg(sim.url_with("vic", "s3cret"))
-            .arg("--thumbprint")
-            .arg(&sim.info.thumbprint)
-            .arg("--name")
-            .arg("vch-guest")
-            .arg("-H")
-            .arg(format!("tcp://{addr}"))
-            .arg("--log-level")
-            .arg("debug")
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start vic-endpoint");
-        wait_until(Duration::from_secs(30), "the endpoint to listen", || {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "vic-endpoint exited with {status}:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            TcpStream::connect(addr).ok()
-        });
-        VsphereEndpoint { child, addr, log }
-    }
-
-    fn host(&self) -> String {
-        format!("tcp://{}", self.addr)
-    }
-}
-
-impl Drop for VsphereEndpoint {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "endpoint log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-}
 
 /// The player's events, printed when the test fails.
 struct ShowEvents<'a>(&'a GuestPlayer);
@@ -114,7 +54,12 @@ fn docker_run_wait_logs_and_stop_with_played_guests_over_soap() {
     let bb = push_busybox(&reg, "busybox", "latest");
     let player = GuestPlayer::start(&sim, "vic", "s3cret");
     let show = ShowEvents(&player);
-    let ep = VsphereEndpoint::start(&sim, dir.path(), &["--insecure-registry", reg.addr()]);
+    let ep = Endpoint::start_vsphere(
+        &sim,
+        ("vic", "s3cret"),
+        dir.path(),
+        &["--name", "vch-guest", "--insecure-registry", reg.addr()],
+    );
     let h = ep.host();
     ok(&docker(&h, &["pull", &bb.reference]), "pull");
 
