@@ -53,6 +53,19 @@ impl DsPath {
         self.path.rsplit('/').next().unwrap_or("")
     }
 
+    /// As [`DsPath::validate`], and not a datastore's root folder (which cannot be
+    /// written, moved or deleted); `what` names the operation in the error.
+    pub fn check_not_root(&self, what: &str) -> Result<(), Error> {
+        self.validate()?;
+        if self.path.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "cannot {what} the root folder of datastore {}",
+                self.datastore
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks that no component is `..` or `.` so the path stays inside its datastore.
     pub fn validate(&self) -> Result<(), Error> {
         if self.datastore.is_empty() || self.datastore.contains(['[', ']', '/']) {

@@ -20,31 +20,6 @@ use crate::inventory::{Inventory, ObjectData, PoolRecord, VmRecord, ds_within, k
 use crate::sim::{Simulator, Txn, now_ms};
 use crate::storage::{create_disk_in, forget_disks_within, read_descriptor};
 
-/// The longest name vSphere accepts for a VM or a pool.
-const MAX_NAME: usize = 80;
-
-fn check_name(name: &str, what: &str) -> Result<()> {
-    if name.trim().is_empty() {
-        return Err(Error::InvalidArgument(format!("{what} name is empty")));
-    }
-    if name.chars().count() > MAX_NAME || name.contains(['/', '\\', '%']) {
-        return Err(Error::InvalidArgument(format!(
-            "invalid {what} name {name:?}"
-        )));
-    }
-    Ok(())
-}
-
-fn check_allocation(a: &Allocation, what: &str) -> Result<()> {
-    match a.limit {
-        Some(limit) if a.reservation > limit => Err(Error::InvalidArgument(format!(
-            "{what} reservation {} is above its limit {limit}",
-            a.reservation
-        ))),
-        _ => Ok(()),
-    }
-}
-
 fn check_ds_path(roots: &Roots, p: &DsPath) -> Result<()> {
     p.validate()?;
     roots.root(&p.datastore)?;
@@ -318,9 +293,9 @@ impl Compute for Simulator {
         memory: Allocation,
         vapp: bool,
     ) -> Result<PoolInfo> {
-        check_name(name, "resource pool")?;
-        check_allocation(&cpu, "CPU")?;
-        check_allocation(&memory, "memory")?;
+        vic_core::provider::check_inventory_name(name, "resource pool")?;
+        cpu.check("CPU")?;
+        memory.check("memory")?;
         let find = |inv: &Inventory| -> Result<Option<PoolInfo>> {
             inv.pool(parent)?;
             match inv.child_named(&parent.value, name) {
@@ -374,8 +349,8 @@ impl Compute for Simulator {
     }
 
     async fn update_pool(&self, pool: &MoRef, cpu: Allocation, memory: Allocation) -> Result<()> {
-        check_allocation(&cpu, "CPU")?;
-        check_allocation(&memory, "memory")?;
+        cpu.check("CPU")?;
+        memory.check("memory")?;
         self.update("UpdateConfig", Some(pool), |txn| {
             let (o, _) = txn.inv().pool(pool)?;
             let name = o.name.clone();
@@ -440,7 +415,7 @@ impl Compute for Simulator {
     async fn create_vm(&self, spec: &VmSpec) -> Result<VmInfo> {
         self.update("CreateVM_Task", Some(&spec.pool), |txn| {
             let inv = txn.inv();
-            check_name(&spec.name, "VM")?;
+            vic_core::provider::check_inventory_name(&spec.name, "VM")?;
             if spec.num_cpus == 0 {
                 return Err(Error::InvalidArgument("a VM needs at least one CPU".into()));
             }

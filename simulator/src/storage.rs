@@ -129,17 +129,6 @@ fn check_unlocked(inv: &Inventory, p: &DsPath) -> Result<()> {
     Ok(())
 }
 
-fn check_not_root(p: &DsPath, what: &str) -> Result<()> {
-    p.validate()?;
-    if p.path.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "cannot {what} the root folder of datastore {}",
-            p.datastore
-        )));
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl Storage for Simulator {
     async fn datastores(&self) -> Result<Vec<DatastoreInfo>> {
@@ -226,7 +215,7 @@ impl Storage for Simulator {
     }
 
     async fn write_file(&self, path: &DsPath, data: &[u8]) -> Result<()> {
-        check_not_root(path, "write")?;
+        path.check_not_root("write")?;
         self.update("PutDatastoreFile", None, |txn| {
             let host = txn.roots().resolve(path, false)?;
             match host.parent().map(fs::metadata) {
@@ -243,8 +232,8 @@ impl Storage for Simulator {
     }
 
     async fn move_path(&self, from: &DsPath, to: &DsPath) -> Result<()> {
-        check_not_root(from, "move")?;
-        check_not_root(to, "replace")?;
+        from.check_not_root("move")?;
+        to.check_not_root("replace")?;
         if ds_within(to, from) {
             return Err(Error::InvalidArgument(format!(
                 "cannot move {from} into itself ({to})"
@@ -296,7 +285,7 @@ impl Storage for Simulator {
     }
 
     async fn delete(&self, path: &DsPath) -> Result<()> {
-        check_not_root(path, "delete")?;
+        path.check_not_root("delete")?;
         self.update("DeleteDatastoreFile_Task", None, |txn| {
             check_unlocked(txn.inv(), path)?;
             txn.trash(path)?;

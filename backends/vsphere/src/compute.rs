@@ -77,16 +77,6 @@ fn parse_allocation(e: Option<&Element>) -> Allocation {
     }
 }
 
-fn check_allocation(a: &Allocation, what: &str) -> Result<()> {
-    match a.limit {
-        Some(limit) if a.reservation > limit => Err(Error::InvalidArgument(format!(
-            "{what} reservation {} exceeds its limit {limit}",
-            a.reservation
-        ))),
-        _ => Ok(()),
-    }
-}
-
 fn is_pool(r: &MoRef) -> bool {
     r.kind == "ResourcePool" || r.kind == "VirtualApp"
 }
@@ -363,13 +353,9 @@ impl Compute for VsphereBackend {
         vapp: bool,
     ) -> Result<PoolInfo> {
         let s = &self.shared;
-        if name.trim().is_empty() || name.chars().count() > 80 || name.contains(['/', '\\', '%']) {
-            return Err(Error::InvalidArgument(format!(
-                "invalid resource pool name {name:?}"
-            )));
-        }
-        check_allocation(&cpu, "CPU")?;
-        check_allocation(&memory, "memory")?;
+        vic_core::provider::check_inventory_name(name, "resource pool")?;
+        cpu.check("CPU")?;
+        memory.check("memory")?;
         if !is_pool(parent) {
             return Err(Error::not_found("pool", parent.value.clone()));
         }
@@ -423,8 +409,8 @@ impl Compute for VsphereBackend {
     }
 
     async fn update_pool(&self, pool: &MoRef, cpu: Allocation, memory: Allocation) -> Result<()> {
-        check_allocation(&cpu, "CPU")?;
-        check_allocation(&memory, "memory")?;
+        cpu.check("CPU")?;
+        memory.check("memory")?;
         if !is_pool(pool) {
             return Err(Error::not_found("pool", pool.value.clone()));
         }

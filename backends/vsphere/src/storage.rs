@@ -36,17 +36,6 @@ pub(crate) fn layer_file(disk: &DsPath) -> DsPath {
     disk.parent().join(format!("{stem}.tar"))
 }
 
-fn check_not_root(p: &DsPath, what: &str) -> Result<()> {
-    p.validate()?;
-    if p.path.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "cannot {what} the root folder of datastore {}",
-            p.datastore
-        )));
-    }
-    Ok(())
-}
-
 /// Maps a file fault onto the engine's error with the datastore path (vcsim names host
 /// paths in its faults).
 fn file_error(e: fault::Error, path: &DsPath) -> Error {
@@ -345,7 +334,7 @@ impl Storage for VsphereBackend {
     }
 
     async fn read_file(&self, path: &DsPath) -> Result<Vec<u8>> {
-        check_not_root(path, "read")?;
+        path.check_not_root("read")?;
         let s = &self.shared;
         s.client
             .download(s.dc(), path)
@@ -355,7 +344,7 @@ impl Storage for VsphereBackend {
     }
 
     async fn write_file(&self, path: &DsPath, data: &[u8]) -> Result<()> {
-        check_not_root(path, "write")?;
+        path.check_not_root("write")?;
         let s = &self.shared;
         s.browser(&path.datastore)?;
         s.client
@@ -366,8 +355,8 @@ impl Storage for VsphereBackend {
     }
 
     async fn move_path(&self, from: &DsPath, to: &DsPath) -> Result<()> {
-        check_not_root(from, "move")?;
-        check_not_root(to, "replace")?;
+        from.check_not_root("move")?;
+        to.check_not_root("replace")?;
         if to.datastore == from.datastore
             && (to.path == from.path || to.path.starts_with(&format!("{}/", from.path)))
         {
@@ -399,7 +388,7 @@ impl Storage for VsphereBackend {
     }
 
     async fn delete(&self, path: &DsPath) -> Result<()> {
-        check_not_root(path, "delete")?;
+        path.check_not_root("delete")?;
         self.shared.delete_path(path).await
     }
 

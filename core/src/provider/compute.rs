@@ -213,6 +213,40 @@ pub struct Allocation {
     pub shares: u32,
 }
 
+impl Allocation {
+    /// Checks the allocation is consistent (a reservation within its limit); `what`
+    /// names it in the error (`CPU`, `memory`).
+    pub fn check(&self, what: &str) -> Result<()> {
+        match self.limit {
+            Some(limit) if self.reservation > limit => Err(crate::Error::InvalidArgument(format!(
+                "{what} reservation {} is above its limit {limit}",
+                self.reservation
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The longest inventory name vSphere accepts.
+pub const MAX_INVENTORY_NAME: usize = 80;
+
+/// Checks an inventory object's name as vSphere does (not empty, at most
+/// [`MAX_INVENTORY_NAME`] characters, no `/`, `\` or `%`); `what` names the kind of
+/// object in the error (`resource pool`, `VM`).
+pub fn check_inventory_name(name: &str, what: &str) -> Result<()> {
+    if name.trim().is_empty() {
+        return Err(crate::Error::InvalidArgument(format!(
+            "{what} name is empty"
+        )));
+    }
+    if name.chars().count() > MAX_INVENTORY_NAME || name.contains(['/', '\\', '%']) {
+        return Err(crate::Error::InvalidArgument(format!(
+            "invalid {what} name {name:?}"
+        )));
+    }
+    Ok(())
+}
+
 impl Default for Allocation {
     fn default() -> Self {
         Allocation {
