@@ -510,3 +510,70 @@ fn memory_and_cpus_limit_the_guest() {
     assert_eq!(inspect.trim(), format!("{} 500000000", 64u64 << 20));
     ok(&s.d(&["rm", "-f", "small"]), "rm -f");
 }
+
+/// Sends `POST /containers/NAME/attach` with `Upgrade: tcp` on a raw connection and
+/// returns it after the `101` head.
+fn raw_attach(addr: std::net::SocketAddr, name: &str, query: &str) -> std::net::TcpStream {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /v1.41/containers/{name}/attach?{query} HTTP/1.1\r\nHost: vic\r\n\
+         Upgrade: tcp\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1, "connection closed in the head");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("application/vnd.docker.raw-stream"), "{head}");
+    s
+}
+
+#[test]
+fn detach_keys_end_the_attach_and_leave_the_container_running() {
+    use std::io::Read;
+    let Some(s) = Setup::as_root() else { return };
+    let img = s.bb.reference.as_str();
+    ok(
+        &s.d(&["run", "-dit", "--name", "shell", img, "sh"]),
+        "run -dit",
+    );
+    let addr = s.ep.as_ref().unwrap().addr;
+    let q = "stream=1&stdin=1&stdout=1&stderr=1";
+    for (keys, seq) in [(None, &b"\x10\x11"[..]), (Some("ctrl-a,x"), &b"\x01x"[..])] {
+        let query = match keys {
+            Some(k) => format!("{q}&detachKeys={k}"),
+            None => q.to_string(),
+        };
+        let mut c = raw_attach(addr, "shell", &query);
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"echo $((6*7))\r").unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("42") {
+            let n = c.read(&mut buf).unwrap();
+            assert!(
+                n > 0,
+                "attach ended early: {:?}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+        c.write_all(seq).unwrap();
+        // The server closes the attach; what the shell printed before may still come.
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => panic!("no detach with {keys:?}: {e}"),
+            }
+        }
+        assert!(s.state_of("shell").starts_with("running"), "{keys:?}");
+    }
+    ok(&s.d(&["rm", "-f", "shell"]), "rm -f");
+}
