@@ -227,22 +227,35 @@ impl Engine {
         .await
     }
 
-    /// Powers a VM off, also when it went off by itself meanwhile.
+    /// Powers a VM off, also when it went off by itself meanwhile. A guest killed by
+    /// the power-off cannot report its end: unless its last status says it exited, the
+    /// status becomes "exited 137" (killed), as Docker reports a SIGKILL.
     async fn hard_stop(&self, vm: &MoRef) -> Result<()> {
         match self.backend.compute.power_off(vm).await {
-            Err(Error::InvalidState(_)) => {
-                let info = self.backend.compute.vm_info(vm).await?;
-                if info.power_state == PowerState::PoweredOff {
-                    Ok(())
-                } else {
-                    Err(Error::InvalidState(format!(
-                        "{} did not power off",
-                        info.name
-                    )))
-                }
-            }
-            other => other,
+            Err(Error::InvalidState(_)) => {}
+            other => other?,
         }
+        let info = self.backend.compute.vm_info(vm).await?;
+        if info.power_state != PowerState::PoweredOff {
+            return Err(Error::InvalidState(format!(
+                "{} did not power off",
+                info.name
+            )));
+        }
+        let last = GuestStatus::from_keys(&info.extra_config).ok().flatten();
+        if last.as_ref().is_some_and(|s| s.state == GuestState::Exited) {
+            return Ok(());
+        }
+        let killed = GuestStatus {
+            state: GuestState::Exited,
+            pid: last.as_ref().and_then(|s| s.pid),
+            started_at: last.as_ref().and_then(|s| s.started_at),
+            finished_at: Some(std::time::SystemTime::now()),
+            exit_code: Some(128 + SIGKILL),
+            error: None,
+        };
+        let keys = killed.to_keys().into_iter().map(|(k, v)| (k, Some(v)));
+        self.set_keys(vm, keys.collect()).await
     }
 
     /// Waits until `vm` is powered off (`true`) or `deadline` passes (`false`).

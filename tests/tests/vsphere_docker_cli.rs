@@ -244,11 +244,20 @@ fn docker_create_start_inspect_ps_stop_rm_over_soap() {
     assert!(started.starts_with("1 "), "{started}");
     ok(&docker(&h, &["stop", "-t", "1", "web"]), "stop");
     assert_eq!(power(&rt), PowerState::PoweredOff);
+    // The guest could not report its end: killed by the power-off, as SIGKILL.
     let state = ok(
-        &docker(&h, &["inspect", "--format", "{{.State.Status}}", "web"]),
+        &docker(
+            &h,
+            &[
+                "inspect",
+                "--format",
+                "{{.State.Status}} {{.State.ExitCode}}",
+                "web",
+            ],
+        ),
         "inspect",
     );
-    assert_eq!(state.trim(), "exited");
+    assert_eq!(state.trim(), "exited 137");
 
     // rm: the VM and its folder are gone.
     ok(&docker(&h, &["rm", "web"]), "rm");
