@@ -144,6 +144,14 @@ fn container_of(vm: &VmInfo) -> Option<Container> {
         c.state.pid = st.pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
         c.state.error = st.error.clone().unwrap_or_default();
     }
+    // Before the guest has reported, a running container's start is its VM's boot.
+    if vm.power_state == PowerState::PoweredOn
+        && status.as_ref().is_none_or(|s| s.started_at.is_none())
+        && let Some(secs) = vm.boot_time
+    {
+        let boot = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        c.state.started_at = Some(humantime::format_rfc3339_nanos(boot).to_string());
+    }
     c.state.status = match vm.power_state {
         PowerState::PoweredOn => ContainerStatus::Running,
         PowerState::Suspended => ContainerStatus::Paused,

@@ -223,8 +223,26 @@ fn detached_web_logs_follow_stop_kill_restart() {
     // stop: SIGTERM ends httpd (143); start; restart.
     ok(&s.d(&["stop", "web"]), "stop web");
     assert_eq!(s.state_of("web"), "exited 143 0");
+    let status = |s: &Setup| {
+        let f = [
+            "ps",
+            "-a",
+            "--filter",
+            "name=web",
+            "--format",
+            "{{.Status}}",
+        ];
+        ok(&s.d(&f), "ps status").trim().to_string()
+    };
+    let st = status(&s);
+    assert!(
+        st.starts_with("Exited (143) ") && st.ends_with(" ago"),
+        "{st}"
+    );
     ok(&s.d(&["start", "web"]), "start web");
     assert!(s.state_of("web").starts_with("running"));
+    let st = status(&s);
+    assert!(st.starts_with("Up ") && !st.ends_with(" ago"), "{st}");
     ok(&s.d(&["restart", "-t", "1", "web"]), "restart web");
     assert!(s.state_of("web").starts_with("running"));
 

@@ -380,15 +380,58 @@ fn command_line(c: &vic_core::model::Container) -> String {
 }
 
 /// Docker's human status line ("Created", "Up", "Exited (3)").
+/// How long ago, in the words `docker ps` uses ("Less than a second", "About a
+/// minute", "3 hours", …).
+fn human_duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    let mins = secs / 60;
+    let hours = (d.as_secs_f64() / 3600.0 + 0.5) as u64;
+    match () {
+        _ if secs < 1 => "Less than a second".into(),
+        _ if secs == 1 => "1 second".into(),
+        _ if secs < 60 => format!("{secs} seconds"),
+        _ if mins == 1 => "About a minute".into(),
+        _ if mins < 60 => format!("{mins} minutes"),
+        _ if hours == 1 => "About an hour".into(),
+        _ if hours < 48 => format!("{hours} hours"),
+        _ if hours < 24 * 14 => format!("{} days", hours / 24),
+        _ if hours < 24 * 60 => format!("{} weeks", hours / 24 / 7),
+        _ if hours < 24 * 730 => format!("{} months", hours / 24 / 30),
+        _ => format!("{} years", secs / 3600 / 24 / 365),
+    }
+}
+
+/// The time since an RFC 3339 instant, if it parses and is past.
+fn since(t: Option<&String>) -> Option<std::time::Duration> {
+    let t = humantime::parse_rfc3339_weak(t?).ok()?;
+    std::time::SystemTime::now().duration_since(t).ok()
+}
+
 fn status_line(c: &vic_core::model::Container) -> String {
     use vic_core::model::ContainerStatus::*;
+    let ago = |t: Option<&String>| {
+        since(t)
+            .map(|d| format!(" {} ago", human_duration(d)))
+            .unwrap_or_default()
+    };
+    let up = since(c.state.started_at.as_ref())
+        .map(|d| format!(" {}", human_duration(d)))
+        .unwrap_or_default();
     match c.state.status {
         Created => "Created".into(),
-        Running => "Up".into(),
-        Paused => "Up (Paused)".into(),
-        Restarting => "Restarting".into(),
+        Running => format!("Up{up}"),
+        Paused => format!("Up{up} (Paused)"),
+        Restarting => format!(
+            "Restarting ({}){}",
+            c.state.exit_code,
+            ago(c.state.finished_at.as_ref())
+        ),
         Removing => "Removal In Progress".into(),
-        Exited => format!("Exited ({})", c.state.exit_code),
+        Exited => format!(
+            "Exited ({}){}",
+            c.state.exit_code,
+            ago(c.state.finished_at.as_ref())
+        ),
         Dead => "Dead".into(),
     }
 }
@@ -902,6 +945,25 @@ pub async fn rename(engine: &Engine, key: &str, q: &[(String, String)]) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_docker_ps_writes_them() {
+        let d = std::time::Duration::from_secs;
+        assert_eq!(
+            human_duration(std::time::Duration::from_millis(300)),
+            "Less than a second"
+        );
+        assert_eq!(human_duration(d(1)), "1 second");
+        assert_eq!(human_duration(d(42)), "42 seconds");
+        assert_eq!(human_duration(d(61)), "About a minute");
+        assert_eq!(human_duration(d(300)), "5 minutes");
+        assert_eq!(human_duration(d(3600)), "About an hour");
+        assert_eq!(human_duration(d(5 * 3600)), "5 hours");
+        assert_eq!(human_duration(d(3 * 86400)), "3 days");
+        assert_eq!(human_duration(d(21 * 86400)), "3 weeks");
+        assert_eq!(human_duration(d(90 * 86400)), "3 months");
+        assert_eq!(human_duration(d(800 * 86400)), "2 years");
+    }
 
     #[test]
     fn parses_what_the_cli_sends() {
