@@ -110,6 +110,8 @@ pub struct TestRegistry {
     addr: String,
     auth: Option<(String, String)>,
     stopped: bool,
+    /// Its process, read at start: stopped by it when the folder is already gone.
+    pid: Option<i32>,
 }
 
 impl TestRegistry {
@@ -153,11 +155,15 @@ impl TestRegistry {
             addr.starts_with("127.0.0.1:") && !addr.contains('\n'),
             "tests/servers.sh registry-start printed {addr:?}, not 127.0.0.1:PORT"
         );
+        let pid = std::fs::read_to_string(dir.join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
         TestRegistry {
             dir,
             addr,
             auth,
             stopped: false,
+            pid,
         }
     }
 
@@ -233,8 +239,16 @@ impl Drop for TestRegistry {
         if self.stopped {
             return;
         }
-        // No panic in drop: a failed stop is reported, and the process group goes with the
-        // test process anyway.
+        // A folder removed before the registry (a TempDir dropped first) no longer names
+        // it: stop it by the PID read at start.
+        if !self.dir.join("pid").exists() {
+            if let Some(pid) = self.pid {
+                // SAFETY: kill with the PID of the registry this value started.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            return;
+        }
+        // No panic in drop: a failed stop is reported.
         let out = Command::new("bash")
             .arg(servers_sh())
             .arg("registry-stop")

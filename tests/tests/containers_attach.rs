@@ -11,13 +11,14 @@ use vic_tests::fixtures::{Pushed, push_busybox, push_users};
 use vic_tests::registry::TestRegistry;
 use vic_tests::{DockerClient, Endpoint, docker, docker_command, ok, stderr, stdout, wait_until};
 
+/// Dropped in this order: the endpoint, the registry, then their folder.
 struct Setup {
-    _dir: tempfile::TempDir,
+    ep: Option<Endpoint>,
     reg: TestRegistry,
     bb: Pushed,
     state: std::path::PathBuf,
     args: Vec<String>,
-    ep: Option<Endpoint>,
+    _dir: tempfile::TempDir,
 }
 
 impl Setup {
