@@ -16,7 +16,7 @@ use crate::provider::{
     Device, DeviceSpec, DiskMode, FileOperation, PowerState, ScsiKind, VmChange, VmInfo, VmSpec,
 };
 use crate::reference::Reference;
-use crate::{DsPath, Error, Result};
+use crate::{DsPath, Error, MoRef, Result};
 use vic_tether::protocol::{GuestConfig, GuestStatus, STATUS_KEY, Session};
 
 /// vCPUs of a container VM when the request sets none (VIC's default).
@@ -27,6 +27,74 @@ pub const DEFAULT_MEMORY_MB: u64 = 2048;
 pub const RW_DISK_KB: u64 = 8 * 1024 * 1024;
 /// The port group of the VCH's bridge network.
 pub const BRIDGE_PORT_GROUP: &str = "vic-bridge";
+
+/// The devices of a container VM (the keys are placeholders; vSphere assigns its own):
+/// a paravirtual SCSI controller (100); the read-write disk `folder/disk`, to be
+/// created as a child of `parent` (a base disk when `None`) (2000); a boot CD-ROM with
+/// `iso` when given (3000); a NIC on `network` with `mac` (`None`: the server picks)
+/// (4000); and the serial port's log `folder/output.log` (9000).
+#[derive(Clone, Debug)]
+pub struct ContainerDevices {
+    /// The VM's folder.
+    pub folder: DsPath,
+    /// The disk's file name in it (`<id>.vmdk`).
+    pub disk: String,
+    /// The image's top layer disk.
+    pub parent: Option<DsPath>,
+    /// The disk's size, KiB (0: its parent's).
+    pub capacity_kb: u64,
+    /// The port group of the NIC.
+    pub network: MoRef,
+    /// A fixed MAC address.
+    pub mac: Option<String>,
+    /// The bootstrap image to boot from.
+    pub iso: Option<DsPath>,
+}
+
+impl ContainerDevices {
+    /// The devices, in a create spec.
+    pub fn specs(&self) -> Vec<DeviceSpec> {
+        let attach = |device| DeviceSpec {
+            device,
+            file_operation: FileOperation::Attach,
+        };
+        let mut out = vec![
+            attach(Device::ScsiController {
+                key: 100,
+                kind: ScsiKind::ParaVirtual,
+                bus: 0,
+            }),
+            DeviceSpec {
+                device: Device::Disk {
+                    key: 2000,
+                    controller_key: 100,
+                    unit: 0,
+                    file: self.folder.join(&self.disk),
+                    parent: self.parent.clone(),
+                    capacity_kb: self.capacity_kb,
+                    mode: DiskMode::Persistent,
+                },
+                file_operation: FileOperation::Create,
+            },
+        ];
+        if let Some(iso) = &self.iso {
+            out.push(attach(Device::Cdrom {
+                key: 3000,
+                iso: Some(iso.clone()),
+            }));
+        }
+        out.push(attach(Device::Nic {
+            key: 4000,
+            network: self.network.clone(),
+            mac: self.mac.clone(),
+        }));
+        out.push(attach(Device::Serial {
+            key: 9000,
+            file: self.folder.join("output.log"),
+        }));
+        out
+    }
+}
 
 /// A container and the VM behind it.
 #[derive(Clone, Debug)]
@@ -299,43 +367,16 @@ impl Engine {
             num_cpus,
             memory_mb,
             guest_id: "otherGuest64".into(),
-            devices: vec![
-                DeviceSpec {
-                    device: Device::ScsiController {
-                        key: 100,
-                        kind: ScsiKind::ParaVirtual,
-                        bus: 0,
-                    },
-                    file_operation: FileOperation::Attach,
-                },
-                DeviceSpec {
-                    device: Device::Disk {
-                        key: 2000,
-                        controller_key: 100,
-                        unit: 0,
-                        file: folder.join(format!("{id}.vmdk")),
-                        parent: Some(parent_disk),
-                        capacity_kb: RW_DISK_KB,
-                        mode: DiskMode::Persistent,
-                    },
-                    file_operation: FileOperation::Create,
-                },
-                DeviceSpec {
-                    device: Device::Nic {
-                        key: 4000,
-                        network: network.reference,
-                        mac: None,
-                    },
-                    file_operation: FileOperation::Attach,
-                },
-                DeviceSpec {
-                    device: Device::Serial {
-                        key: 9000,
-                        file: folder.join("output.log"),
-                    },
-                    file_operation: FileOperation::Attach,
-                },
-            ],
+            devices: ContainerDevices {
+                folder: folder.clone(),
+                disk: format!("{id}.vmdk"),
+                parent: Some(parent_disk),
+                capacity_kb: RW_DISK_KB,
+                network: network.reference,
+                mac: None,
+                iso: None,
+            }
+            .specs(),
             extra_config: BTreeMap::from([
                 (keys::CONTAINER_ID.to_string(), id.clone()),
                 (keys::CONTAINER_NAME.to_string(), name.clone()),

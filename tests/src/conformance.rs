@@ -12,9 +12,7 @@ use std::sync::Arc;
 
 use proptest_lite::*;
 use tokio::runtime::Runtime;
-use vic_core::provider::{
-    Compute, Device, DeviceSpec, DiskMode, FileOperation, PowerState, ScsiKind, VmChange, VmSpec,
-};
+use vic_core::provider::{Compute, Device, PowerState, VmChange, VmSpec};
 use vic_core::{DsPath, Error, MoRef};
 
 /// Re-exports so that backend test files need no direct proptest imports.
@@ -311,43 +309,16 @@ impl<H: Harness + Debug> Sut<H> {
             num_cpus: cpus,
             memory_mb,
             guest_id: "otherGuest64".into(),
-            devices: vec![
-                DeviceSpec {
-                    device: Device::ScsiController {
-                        key: 100,
-                        kind: ScsiKind::ParaVirtual,
-                        bus: 0,
-                    },
-                    file_operation: FileOperation::Attach,
-                },
-                DeviceSpec {
-                    device: Device::Disk {
-                        key: 200,
-                        controller_key: 100,
-                        unit: 0,
-                        file: folder.join(format!("{name}.vmdk")),
-                        parent: None,
-                        capacity_kb: 1024,
-                        mode: DiskMode::Persistent,
-                    },
-                    file_operation: FileOperation::Create,
-                },
-                DeviceSpec {
-                    device: Device::Nic {
-                        key: 300,
-                        network: self.harness.network(),
-                        mac: None,
-                    },
-                    file_operation: FileOperation::Attach,
-                },
-                DeviceSpec {
-                    device: Device::Serial {
-                        key: 400,
-                        file: folder.join("output.log"),
-                    },
-                    file_operation: FileOperation::Attach,
-                },
-            ],
+            devices: vic_core::containers::ContainerDevices {
+                folder,
+                disk: format!("{name}.vmdk"),
+                parent: None,
+                capacity_kb: 1024,
+                network: self.harness.network(),
+                mac: None,
+                iso: None,
+            }
+            .specs(),
             extra_config: BTreeMap::from([(key(0), value.to_string())]),
             annotation: "vic conformance suite".into(),
         }

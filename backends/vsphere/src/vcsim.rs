@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::Deserialize;
-use vic_core::provider::{Device, DeviceSpec, DiskMode, FileOperation, ScsiKind};
+use vic_core::provider::DeviceSpec;
 use vic_core::{DsPath, MoRef};
 
 use crate::tls::Tls;
@@ -123,7 +123,7 @@ impl Drop for Vcsim {
 /// controller; its disk `[datastore] name/name.vmdk` of `capacity_kb` (0: its parent's),
 /// a child of `parent`, to be created; the bootstrap ISO `[datastore] iso/bootstrap.iso`;
 /// a NIC on `network` with `mac` (`None`: the server's); and the serial log
-/// `[datastore] name/output.log`. Keys 100 to 500.
+/// `[datastore] name/output.log` (see `vic_core::containers::ContainerDevices`).
 pub fn container_devices(
     datastore: &str,
     name: &str,
@@ -132,41 +132,14 @@ pub fn container_devices(
     network: &MoRef,
     mac: Option<&str>,
 ) -> Vec<DeviceSpec> {
-    let folder = DsPath::new(datastore, name);
-    let attach = |device| DeviceSpec {
-        device,
-        file_operation: FileOperation::Attach,
-    };
-    vec![
-        attach(Device::ScsiController {
-            key: 100,
-            kind: ScsiKind::ParaVirtual,
-            bus: 0,
-        }),
-        DeviceSpec {
-            device: Device::Disk {
-                key: 200,
-                controller_key: 100,
-                unit: 0,
-                file: folder.join(format!("{name}.vmdk")),
-                parent: Some(parent.clone()),
-                capacity_kb,
-                mode: DiskMode::Persistent,
-            },
-            file_operation: FileOperation::Create,
-        },
-        attach(Device::Cdrom {
-            key: 300,
-            iso: Some(DsPath::new(datastore, "iso/bootstrap.iso")),
-        }),
-        attach(Device::Nic {
-            key: 400,
-            network: network.clone(),
-            mac: mac.map(str::to_string),
-        }),
-        attach(Device::Serial {
-            key: 500,
-            file: folder.join("output.log"),
-        }),
-    ]
+    vic_core::containers::ContainerDevices {
+        folder: DsPath::new(datastore, name),
+        disk: format!("{name}.vmdk"),
+        parent: Some(parent.clone()),
+        capacity_kb,
+        network: network.clone(),
+        mac: mac.map(str::to_string),
+        iso: Some(DsPath::new(datastore, "iso/bootstrap.iso")),
+    }
+    .specs()
 }
