@@ -42,14 +42,8 @@ impl Registry for RegistryClient {
         let image = self
             .pull_manifest(reference, platform.as_ref(), creds(auth).as_ref())
             .await?;
+        // `pull_manifest` has checked that the config has one diff id per layer.
         let diff_ids = &image.config.rootfs.diff_ids;
-        if diff_ids.len() != image.manifest.layers.len() {
-            return Err(Error::InvalidArgument(format!(
-                "image {reference} is malformed: {} layers in the manifest, {} diff ids in its config",
-                image.manifest.layers.len(),
-                diff_ids.len()
-            )));
-        }
         let layers = image
             .manifest
             .layers
