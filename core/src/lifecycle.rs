@@ -111,6 +111,14 @@ pub fn parse_signal(s: &str) -> Result<i32> {
     n.ok_or_else(bad)
 }
 
+/// The signal that stops `c`: its `--stop-signal` (or the image's), else SIGTERM.
+fn stop_signal(c: &Container) -> Result<i32> {
+    match c.config.stop_signal.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => parse_signal(s),
+        None => Ok(SIGTERM),
+    }
+}
+
 /// What the engine keeps in memory about running containers: attaches waiting for a
 /// start, policy restarts under way, their back-off. Nothing here is needed to recover.
 #[derive(Debug, Default)]
@@ -348,10 +356,7 @@ impl Engine {
         let secs = timeout
             .or(c.config.stop_timeout.map(i64::from))
             .unwrap_or(DEFAULT_STOP_TIMEOUT);
-        let signal = match c.config.stop_signal.as_deref().filter(|s| !s.is_empty()) {
-            Some(s) => parse_signal(s)?,
-            None => SIGTERM,
-        };
+        let signal = stop_signal(c)?;
         let mut ended = false;
         if secs != 0 {
             match self.send_to_guest(&view, &Frame::Signal(signal)).await {
@@ -388,10 +393,7 @@ impl Engine {
                 key, c.id
             )));
         }
-        let stop_signal = match c.config.stop_signal.as_deref().filter(|s| !s.is_empty()) {
-            Some(s) => parse_signal(s)?,
-            None => SIGTERM,
-        };
+        let stop_signal = stop_signal(c)?;
         // A kill meant to end the container keeps its restart policy from undoing it.
         if sig == SIGKILL || sig == stop_signal {
             self.mark_manual_stop(&view).await?;

@@ -135,8 +135,9 @@ pub async fn attach(
     Ok(r)
 }
 
-/// Output as the client gets it: framed without a TTY, raw with one.
-fn client_bytes(tty: bool, stream: Stream, data: &[u8], out: &mut Vec<u8>) {
+/// Output as the client gets it: Docker's multiplexed framing (`[stream, 0, 0, 0, len
+/// BE u32]` before the bytes) without a TTY, raw with one. `docker logs` frames alike.
+pub(crate) fn client_bytes(tty: bool, stream: Stream, data: &[u8], out: &mut Vec<u8>) {
     if !tty {
         out.push(stream as u8);
         out.extend_from_slice(&[0, 0, 0]);

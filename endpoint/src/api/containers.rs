@@ -788,7 +788,7 @@ impl LogFilter {
             && self.until.is_none_or(|u| r.nanos <= u)
     }
 
-    /// A record as the client gets it: the multiplexed framing without a TTY.
+    /// A record as the client gets it (see [`super::attach::client_bytes`]).
     fn render(&self, r: &vic_tether::logs::Record, body: &mut Vec<u8>) {
         let mut data = Vec::new();
         if self.timestamps {
@@ -797,12 +797,7 @@ impl LogFilter {
             data.push(b' ');
         }
         data.extend_from_slice(&r.data);
-        if !self.tty {
-            body.push(r.stream as u8);
-            body.extend_from_slice(&[0, 0, 0]);
-            body.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        }
-        body.extend_from_slice(&data);
+        super::attach::client_bytes(self.tty, r.stream, &data, body);
     }
 }
 
