@@ -262,8 +262,10 @@ impl Engine {
             exit_code: Some(128 + SIGKILL),
             error: None,
         };
-        let keys = killed.to_keys().into_iter().map(|(k, v)| (k, Some(v)));
-        self.set_keys(vm, keys.collect()).await
+        self.backend
+            .compute
+            .reconfigure(vm, &VmChange::set_keys(killed.to_keys()))
+            .await
     }
 
     /// Waits until `vm` is powered off (`true`) or `deadline` passes (`false`).

@@ -76,7 +76,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, info, warn};
 use vic_core::provider::{Device, VmInfo};
 use vic_core::{DsPath, Error, Result};
-use vic_tether::protocol::{CONFIG_KEY, GuestConfig, GuestState, GuestStatus, STATUS_KEY};
+use vic_tether::protocol::{CONFIG_KEY, GuestConfig, GuestState, GuestStatus};
 use vic_tether::transport::{CONFIG_FILE, STATUS_FILE};
 
 use crate::guest::{GuestCheck, GuestHost, GuestRunner};
@@ -392,12 +392,7 @@ impl GuestRunner for TetherRunner {
             })?;
         }
         let root = self.assemble(host, vm, &folder, !is_root())?;
-        let keys: BTreeMap<String, String> = vm
-            .extra_config
-            .iter()
-            .filter(|(k, _)| k.starts_with("guestinfo.") && k.as_str() != STATUS_KEY)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let keys = vic_tether::protocol::keys_for_guest(&vm.extra_config);
         remove_if_exists(&folder.join(STATUS_FILE))
             .and_then(|()| remove_if_exists(&folder.join(GUEST_PID_FILE)))
             .map_err(|e| Error::io(format!("clear the guest files in {}", folder.display()), e))

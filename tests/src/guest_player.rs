@@ -23,7 +23,7 @@
 //! would. Root only (the tether makes namespaces and mounts). Stopped, with every guest
 //! killed and every root file system removed, by [`GuestPlayer::stop`] or on drop.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime};
 use vic_core::DsPath;
 use vic_core::MoRef;
 use vic_core::provider::{Compute, Device, PowerState, Storage, VmChange, VmInfo};
-use vic_tether::protocol::{CONFIG_KEY, GuestState, GuestStatus, STATUS_KEY};
+use vic_tether::protocol::{CONFIG_KEY, GuestState, GuestStatus};
 use vic_tether::transport::{STATUS_FILE, read_status, write_config_keys};
 use vic_vsphere::VsphereBackend;
 use vic_vsphere::vcsim::Vcsim;
@@ -438,12 +438,7 @@ impl Player {
             extract_layer(&tar, root.path())
                 .map_err(|e| format!("extract the layer {}: {e}", tar.display()))?;
         }
-        let keys: BTreeMap<String, String> = vm
-            .extra_config
-            .iter()
-            .filter(|(k, _)| k.starts_with("guestinfo.") && k.as_str() != STATUS_KEY)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let keys = vic_tether::protocol::keys_for_guest(&vm.extra_config);
         match fs::remove_file(folder.join(STATUS_FILE)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -472,14 +467,7 @@ impl Player {
 
 /// The extraConfig change that writes `status` back, as the guest's guestinfo.
 fn status_change(status: &GuestStatus) -> VmChange {
-    VmChange {
-        extra_config: status
-            .to_keys()
-            .into_iter()
-            .map(|(k, v)| (k, Some(v)))
-            .collect(),
-        ..Default::default()
-    }
+    VmChange::set_keys(status.to_keys())
 }
 
 /// Whether the guest `g` has ended: it reported `exited`, or its tether is gone.

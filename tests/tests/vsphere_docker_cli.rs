@@ -215,20 +215,8 @@ fn docker_create_start_inspect_ps_stop_rm_over_soap() {
         started_at: Some(std::time::SystemTime::now()),
         ..Default::default()
     };
-    rt.block_on(
-        vs.reconfigure(
-            &vm.reference,
-            &VmChange {
-                extra_config: status
-                    .to_keys()
-                    .into_iter()
-                    .map(|(k, v)| (k, Some(v)))
-                    .collect(),
-                ..Default::default()
-            },
-        ),
-    )
-    .unwrap();
+    rt.block_on(vs.reconfigure(&vm.reference, &VmChange::set_keys(status.to_keys())))
+        .unwrap();
     let started = ok(
         &docker(
             &h,

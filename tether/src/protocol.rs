@@ -168,6 +168,16 @@ impl GuestConfig {
     }
 }
 
+/// What a guest sees of its VM's extraConfig: the `guestinfo.*` keys, without the
+/// status it writes itself.
+pub fn keys_for_guest(extra_config: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    extra_config
+        .iter()
+        .filter(|(k, _)| k.starts_with("guestinfo.") && k.as_str() != STATUS_KEY)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 impl GuestStatus {
     /// The extraConfig keys that carry this status.
     pub fn to_keys(&self) -> BTreeMap<String, String> {
@@ -287,5 +297,17 @@ mod tests {
         let back = GuestStatus::from_keys(&s.to_keys()).unwrap().unwrap();
         assert_eq!(back, s);
         assert_eq!(GuestStatus::from_keys(&BTreeMap::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn the_guest_sees_its_guestinfo_keys_but_not_its_own_status() {
+        let ec = BTreeMap::from([
+            (CONFIG_KEY.to_owned(), "{}".to_owned()),
+            (STATUS_KEY.to_owned(), "{}".to_owned()),
+            ("guestinfo.other".to_owned(), "x".to_owned()),
+            ("vice./container".to_owned(), "{}".to_owned()),
+        ]);
+        let seen: Vec<_> = keys_for_guest(&ec).into_keys().collect();
+        assert_eq!(seen, ["guestinfo.other", CONFIG_KEY]);
     }
 }

@@ -170,6 +170,16 @@ pub struct VmChange {
     pub annotation: Option<String>,
 }
 
+impl VmChange {
+    /// A change that sets these extraConfig keys (and nothing else).
+    pub fn set_keys(keys: BTreeMap<String, String>) -> Self {
+        VmChange {
+            extra_config: keys.into_iter().map(|(k, v)| (k, Some(v))).collect(),
+            ..Default::default()
+        }
+    }
+}
+
 /// A VM as the backend reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmInfo {
