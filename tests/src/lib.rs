@@ -7,6 +7,7 @@ pub mod fixtures;
 pub mod guest_player;
 pub mod registry;
 pub mod token;
+pub mod vch;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

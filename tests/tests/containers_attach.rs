@@ -4,101 +4,16 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use vic_tests::fixtures::{Pushed, push_busybox, push_users};
-use vic_tests::registry::TestRegistry;
-use vic_tests::{DockerClient, Endpoint, docker, docker_command, ok, stderr, stdout, wait_until};
-
-/// Dropped in this order: the endpoint, the registry, then their folder.
-struct Setup {
-    ep: Option<Endpoint>,
-    reg: TestRegistry,
-    bb: Pushed,
-    state: std::path::PathBuf,
-    args: Vec<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl Setup {
-    /// As [`Setup::new`] when this process is root (these tests switch users in the
-    /// guests and read cgroup limits; `containers_rootless` covers a non-root
-    /// endpoint); `None`, the test skipped, otherwise.
-    fn as_root() -> Option<Setup> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: needs root");
-            return None;
-        }
-        Some(Setup::new())
-    }
-
-    fn new() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let reg = TestRegistry::start(&dir.path().join("registry"), None);
-        let bb = push_busybox(&reg, "busybox", "latest");
-        let state = dir.path().join("state");
-        let args = vec!["--insecure-registry".to_string(), reg.addr().to_string()];
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        let ep = Endpoint::start(&state, &a);
-        ok(&docker(&ep.host(), &["pull", &bb.reference]), "pull");
-        Setup {
-            _dir: dir,
-            reg,
-            bb,
-            state,
-            args,
-            ep: Some(ep),
-        }
-    }
-
-    fn h(&self) -> String {
-        self.ep.as_ref().unwrap().host()
-    }
-
-    fn d(&self, args: &[&str]) -> Output {
-        docker(&self.h(), args)
-    }
-
-    fn restart_endpoint(&mut self) {
-        self.ep.take().unwrap().kill9();
-        let a: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        self.ep = Some(Endpoint::start(&self.state, &a));
-    }
-
-    fn state_of(&self, name: &str) -> String {
-        ok(
-            &self.d(&[
-                "inspect",
-                name,
-                "--format",
-                "{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}",
-            ]),
-            "inspect",
-        )
-        .trim()
-        .to_string()
-    }
-}
-
-/// A failed test must not leave guests running on the host: remove every container.
-impl Drop for Setup {
-    fn drop(&mut self) {
-        if let Some(ep) = &self.ep {
-            let ids = stdout(&docker(&ep.host(), &["ps", "-aq"]));
-            let mut args = vec!["rm", "-f"];
-            args.extend(ids.split_whitespace());
-            if args.len() > 2 {
-                let _ = docker(&ep.host(), &args);
-            }
-        }
-    }
-}
+use vic_tests::fixtures::push_users;
+use vic_tests::vch::SimVch;
+use vic_tests::{DockerClient, docker, docker_command, ok, stderr, stdout, wait_until};
 
 #[test]
 fn foreground_runs_stdin_tty_and_image_config() {
-    let Some(s) = Setup::as_root() else { return };
+    let Some(s) = SimVch::as_root() else { return };
     let img = s.bb.reference.as_str();
 
     // --rm: output, exit 0, and the container is gone.
@@ -192,7 +107,7 @@ fn foreground_runs_stdin_tty_and_image_config() {
 
 #[test]
 fn detached_web_logs_follow_stop_kill_restart() {
-    let Some(s) = Setup::as_root() else { return };
+    let Some(s) = SimVch::as_root() else { return };
     let img = s.bb.reference.as_str();
 
     ok(
@@ -224,7 +139,7 @@ fn detached_web_logs_follow_stop_kill_restart() {
     // stop: SIGTERM ends httpd (143); start; restart.
     ok(&s.d(&["stop", "web"]), "stop web");
     assert_eq!(s.state_of("web"), "exited 143 0");
-    let status = |s: &Setup| {
+    let status = |s: &SimVch| {
         let f = [
             "ps",
             "-a",
@@ -326,7 +241,7 @@ fn detached_web_logs_follow_stop_kill_restart() {
 
 #[test]
 fn restart_policies() {
-    let Some(s) = Setup::as_root() else { return };
+    let Some(s) = SimVch::as_root() else { return };
     let img = s.bb.reference.as_str();
     ok(
         &s.d(&[
@@ -394,7 +309,7 @@ fn restart_policies() {
 
 #[test]
 fn fifteen_containers_survive_a_kill_9_of_the_endpoint() {
-    let Some(mut s) = Setup::as_root() else {
+    let Some(mut s) = SimVch::as_root() else {
         return;
     };
     let img = s.bb.reference.clone();
@@ -493,7 +408,7 @@ fn cgroup_file(pid: &str, ctrl: &str, name: &str) -> Option<String> {
 
 #[test]
 fn memory_and_cpus_limit_the_guest() {
-    let Some(s) = Setup::as_root() else { return };
+    let Some(s) = SimVch::as_root() else { return };
     let img = s.bb.reference.as_str();
     let id = ok(
         &s.d(&[
@@ -556,7 +471,7 @@ fn raw_attach(addr: std::net::SocketAddr, name: &str, query: &str) -> std::net::
 #[test]
 fn detach_keys_end_the_attach_and_leave_the_container_running() {
     use std::io::Read;
-    let Some(s) = Setup::as_root() else { return };
+    let Some(s) = SimVch::as_root() else { return };
     let img = s.bb.reference.as_str();
     ok(
         &s.d(&["run", "-dit", "--name", "shell", img, "sh"]),

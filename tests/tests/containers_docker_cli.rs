@@ -7,6 +7,7 @@ use std::path::Path;
 
 use vic_tests::fixtures::push_busybox;
 use vic_tests::registry::TestRegistry;
+use vic_tests::vch::SimVch;
 use vic_tests::{Endpoint, docker, ok, stderr};
 
 /// Container folders on the simulator's datastore (named by 64-hex ids).
@@ -23,14 +24,9 @@ fn container_folders(state: &Path) -> Vec<String> {
 
 #[test]
 fn create_ps_inspect_rename_rm() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = TestRegistry::start(&dir.path().join("registry"), None);
-    let bb = push_busybox(&reg, "busybox", "latest");
-    let state = dir.path().join("state");
-    let args = ["--insecure-registry", reg.addr()];
-    let ep = Endpoint::start(&state, &args);
-    let h = ep.host();
-    ok(&docker(&h, &["pull", &bb.reference]), "pull");
+    let mut vch = SimVch::new();
+    let (bb, state) = (vch.bb.clone(), vch.state.clone());
+    let h = vch.h();
 
     let id = ok(
         &docker(
@@ -118,9 +114,8 @@ fn create_ps_inspect_rename_rm() {
     assert_eq!(f[6], "[\"echo\",\"hi\"]");
 
     // The record is on the VM: a new endpoint process sees the same container.
-    ep.kill9();
-    let ep = Endpoint::start(&state, &args);
-    let h = ep.host();
+    vch.restart_endpoint();
+    let h = vch.h();
     ok(&docker(&h, &["rename", "web", "web2"]), "rename");
     let dup = docker(&h, &["create", "--name", "web2", &bb.reference]);
     assert!(!dup.status.success());

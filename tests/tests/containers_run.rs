@@ -1,34 +1,21 @@
 //! Containers whose guests run: `docker start`, `wait`, `logs`, `stop` with the real
 //! docker CLI, the guest being the real tether in Linux namespaces on the simulator; and
-//! a kill -9 of the endpoint while guests run and exit. Needs root (the guest runner is
-//! root-only for now).
+//! a kill -9 of the endpoint while guests run and exit. Run as root
+//! (`containers_rootless` covers a non-root endpoint).
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
-use vic_tests::fixtures::push_busybox;
-use vic_tests::registry::TestRegistry;
-use vic_tests::{Endpoint, docker, ok, stderr, wait_until};
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+use vic_tests::vch::SimVch;
+use vic_tests::{docker, ok, stderr, wait_until};
 
 #[test]
 fn start_wait_logs_stop_and_survive_the_endpoint() {
-    if !is_root() {
-        eprintln!("skipped: the simulator's guest runner needs root");
+    let Some(mut vch) = SimVch::as_root() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let reg = TestRegistry::start(&dir.path().join("registry"), None);
-    let bb = push_busybox(&reg, "busybox", "latest");
-    let state = dir.path().join("state");
-    let args = ["--insecure-registry", reg.addr()];
-    let ep = Endpoint::start(&state, &args);
-    let h = ep.host();
-    ok(&docker(&h, &["pull", &bb.reference]), "pull");
+    };
+    let bb = vch.bb.clone();
+    let h = vch.h();
 
     // echo: runs, exits 0, its output is in the log.
     let id = ok(
@@ -109,10 +96,10 @@ fn start_wait_logs_stop_and_survive_the_endpoint() {
         "create",
     );
     ok(&docker(&h, &["start", "later"]), "start later");
-    ep.kill9();
+    vch.kill_endpoint();
     std::thread::sleep(Duration::from_secs(3));
-    let ep = Endpoint::start(&state, &args);
-    let h = ep.host();
+    vch.start_endpoint();
+    let h = vch.h();
     let ps = ok(
         &docker(&h, &["ps", "-a", "--format", "{{.Names}} {{.State}}"]),
         "ps -a",
