@@ -1430,6 +1430,30 @@ mod tests {
     }
 
     /// Runs `config` to its end in a new container VM; the VM as reconciled.
+    /// A simulator with the tether runner and the test image, when guests can run here.
+    async fn with_runner() -> Option<(tempfile::TempDir, Simulator, DsPath)> {
+        if !can_run() {
+            return None;
+        }
+        let (dir, sim) = open_temp();
+        sim.set_guest_runner(std::sync::Arc::new(TetherRunner::new()));
+        let top = image(&sim).await;
+        Some((dir, sim, top))
+    }
+
+    /// A container VM powered on, once its guest runs.
+    async fn started(
+        sim: &Simulator,
+        top: &DsPath,
+        name: &str,
+        config: &GuestConfig,
+    ) -> (VmInfo, Guest) {
+        let vm = container(sim, name, top, config).await;
+        sim.power_on(&vm.reference).await.unwrap();
+        let guest = wait_running(sim, &vm).await;
+        (vm, guest)
+    }
+
     async fn run(sim: &Simulator, top: &DsPath, name: &str, config: &GuestConfig) -> VmInfo {
         let vm = container(sim, name, top, config).await;
         sim.power_on(&vm.reference).await.unwrap();
@@ -1438,12 +1462,9 @@ mod tests {
 
     #[tokio::test]
     async fn echo_runs_and_exits_zero() {
-        if !can_run() {
+        let Some((_dir, sim, top)) = with_runner().await else {
             return;
-        }
-        let (_dir, sim) = open_temp();
-        sim.set_guest_runner(std::sync::Arc::new(TetherRunner::new()));
-        let top = image(&sim).await;
+        };
         let info = run(&sim, &top, "echo", &guest_config("echo", &["hello"])).await;
         let s = status(&info);
         assert_eq!(s.state, GuestState::Exited);
@@ -1470,12 +1491,9 @@ mod tests {
 
     #[tokio::test]
     async fn exit_code_and_missing_command() {
-        if !can_run() {
+        let Some((_dir, sim, top)) = with_runner().await else {
             return;
-        }
-        let (_dir, sim) = open_temp();
-        sim.set_guest_runner(std::sync::Arc::new(TetherRunner::new()));
-        let top = image(&sim).await;
+        };
         let info = run(&sim, &top, "three", &guest_config("sh", &["-c", "exit 3"])).await;
         assert_eq!(status(&info).exit_code, Some(3));
         let info = run(&sim, &top, "nocmd", &guest_config("no-such-command", &[])).await;
@@ -1613,17 +1631,12 @@ mod tests {
 
     #[tokio::test]
     async fn power_off_is_a_prompt_hard_stop() {
-        if !can_run() {
+        let Some((_dir, sim, top)) = with_runner().await else {
             return;
-        }
-        let (_dir, sim) = open_temp();
-        sim.set_guest_runner(std::sync::Arc::new(TetherRunner::new()));
-        let top = image(&sim).await;
+        };
         // A process that ignores the usual stop signal makes no difference.
         let config = guest_config("sh", &["-c", "trap '' TERM; sleep 100"]);
-        let vm = container(&sim, "stubborn", &top, &config).await;
-        sim.power_on(&vm.reference).await.unwrap();
-        let guest = wait_running(&sim, &vm).await;
+        let (vm, guest) = started(&sim, &top, "stubborn", &config).await;
         assert!(guest.alive());
         let t = Instant::now();
         sim.power_off(&vm.reference).await.unwrap();
@@ -1646,16 +1659,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_guest_ended_by_its_stop_signal_keeps_its_exit_status() {
-        if !can_run() {
+        let Some((_dir, sim, top)) = with_runner().await else {
             return;
-        }
-        let (_dir, sim) = open_temp();
-        sim.set_guest_runner(std::sync::Arc::new(TetherRunner::new()));
-        let top = image(&sim).await;
+        };
         let config = guest_config("sh", &["-c", "trap 'exit 42' TERM; sleep 100 & wait"]);
-        let vm = container(&sim, "graceful", &top, &config).await;
-        sim.power_on(&vm.reference).await.unwrap();
-        let guest = wait_running(&sim, &vm).await;
+        let (vm, guest) = started(&sim, &top, "graceful", &config).await;
         // Someone else (the engine's graceful stop) sends the stop signal to the
         // guest's init, which forwards it to the process.
         // SAFETY: kill has no memory-safety preconditions.
@@ -2069,9 +2077,7 @@ mod tests {
 
         // A process that ignores SIGTERM is stopped by the power-off all the same.
         let config = guest_config("sh", &["-c", "trap '' TERM; sleep 100"]);
-        let vm = container(&sim, "stubborn", &top, &config).await;
-        sim.power_on(&vm.reference).await.unwrap();
-        let guest = wait_running(&sim, &vm).await;
+        let (vm, guest) = started(&sim, &top, "stubborn", &config).await;
         sim.power_off(&vm.reference).await.unwrap();
         assert!(!guest.alive());
         assert_eq!(wait_exited(&sim, &vm).await.exit_code, Some(137));
