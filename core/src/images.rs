@@ -275,14 +275,24 @@ impl ImageStore {
     }
 }
 
+/// For `#[serde(deserialize_with = "nullable")]`: `null` and a missing field both become
+/// the type's default, as image configs in the wild write either.
+pub fn nullable<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// The parts of an image config (`application/vnd.oci.image.config.v1+json`) vic reads.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageConfig {
     /// CPU architecture (`amd64`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub architecture: String,
     /// OS (`linux`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub os: String,
     /// Architecture variant (`v8`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -297,10 +307,10 @@ pub struct ImageConfig {
     #[serde(default)]
     pub config: Option<RunConfig>,
     /// The layers' diff ids.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub rootfs: RootFs,
     /// How the image was built.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub history: Vec<History>,
 }
 
@@ -341,10 +351,10 @@ pub struct RunConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootFs {
     /// Always `layers`.
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type", default, deserialize_with = "nullable")]
     pub kind: String,
     /// Digests of the uncompressed layer tars, bottom first.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub diff_ids: Vec<String>,
 }
 
@@ -369,5 +379,24 @@ impl ImageRecord {
     /// The parsed config.
     pub fn parsed_config(&self) -> Result<ImageConfig> {
         Ok(serde_json::from_str(&self.config)?)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_with_nulls_parse_as_the_registry_client_reads_them() {
+        let c: ImageConfig = serde_json::from_str(
+            r#"{"architecture":null,"os":"linux","config":null,"history":null,
+                "rootfs":{"type":null,"diff_ids":null}}"#,
+        )
+        .unwrap();
+        assert_eq!((c.architecture.as_str(), c.os.as_str()), ("", "linux"));
+        assert!(c.config.is_none() && c.history.is_empty() && c.rootfs.diff_ids.is_empty());
+        let c: ImageConfig = serde_json::from_str(r#"{"rootfs":null}"#).unwrap();
+        assert!(c.rootfs.kind.is_empty());
     }
 }

@@ -4,20 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
+use vic_core::images::nullable;
 use vic_core::{Error, Result};
 
 use crate::digest::Digest;
 use crate::manifest::Platform;
-
-/// `null` and a missing field both become the type's default.
-fn nullable<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Default + Deserialize<'de>,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
 
 /// An image config.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
