@@ -127,3 +127,25 @@ pub fn pax_sparse_1_0(tar: &mut Tar, name: &str, real_size: u64, chunks: &[(u64,
         &data,
     );
 }
+
+/// A tar with two PAX sparse files: `one-zero` (PAX 1.0: 4 MiB with `head` at 0 and
+/// `middle` at 1 MiB) and `zero-one` (PAX 0.1: 2 MiB with `ab` at 0 and `cde` at 1 MiB).
+pub fn pax_sparse_pair() -> Vec<u8> {
+    let mut tar = Tar::new();
+    pax_sparse_1_0(
+        &mut tar,
+        "one-zero",
+        4 << 20,
+        &[(0, b"head"), (1 << 20, b"middle"), (4 << 20, b"")],
+    );
+    let real = (2u64 << 20).to_string();
+    tar.pax(&[
+        ("GNU.sparse.major", b"0"),
+        ("GNU.sparse.minor", b"1"),
+        ("GNU.sparse.name", b"zero-one"),
+        ("GNU.sparse.size", real.as_bytes()),
+        ("GNU.sparse.map", b"0,2,1048576,3"),
+    ]);
+    tar.raw(b'0', b"GNUSparseFile.0/zero-one", b"", 0o600, 0, b"abcde");
+    tar.bytes()
+}

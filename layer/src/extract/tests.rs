@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use tar::{EntryType, Header};
 
 use super::*;
-use crate::testutil::{Tar, pax_sparse_1_0};
+use crate::testutil::{Tar, pax_sparse_1_0, pax_sparse_pair};
 
 fn is_root() -> bool {
     sys::euid() == 0
@@ -688,24 +688,8 @@ fn gnu_sparse_files_keep_their_holes() {
 
 #[test]
 fn pax_sparse_files_are_expanded() {
-    let mut tar = Tar::new();
-    pax_sparse_1_0(
-        &mut tar,
-        "one-zero",
-        4 << 20,
-        &[(0, b"head"), (1 << 20, b"middle"), (4 << 20, b"")],
-    );
-    let real = (2u64 << 20).to_string();
-    tar.pax(&[
-        ("GNU.sparse.major", b"0"),
-        ("GNU.sparse.minor", b"1"),
-        ("GNU.sparse.name", b"zero-one"),
-        ("GNU.sparse.size", real.as_bytes()),
-        ("GNU.sparse.map", b"0,2,1048576,3"),
-    ]);
-    tar.raw(b'0', b"GNUSparseFile.0/zero-one", b"", 0o600, 0, b"abcde");
     let d = Dest::new();
-    let stats = d.extract(&tar.bytes()).expect("extract");
+    let stats = d.extract(&pax_sparse_pair()).expect("extract");
     assert_eq!(stats.files, 2);
     assert_eq!(stats.bytes, (4 << 20) + (2 << 20));
     assert!(!d.path("GNUSparseFile.0").exists());

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use tar::{EntryType, Header};
 
 use super::*;
-use crate::testutil::{Tar, pax_sparse_1_0};
+use crate::testutil::{Tar, pax_sparse_pair};
 use crate::{ExtractOptions, extract_layer_split};
 
 fn is_root() -> bool {
@@ -218,23 +218,7 @@ fn gnu_sparse_files_come_back() {
 
 #[test]
 fn pax_sparse_files_come_back() {
-    let mut tar = Tar::new();
-    pax_sparse_1_0(
-        &mut tar,
-        "one-zero",
-        4 << 20,
-        &[(0, b"head"), (1 << 20, b"middle"), (4 << 20, b"")],
-    );
-    let real = (2u64 << 20).to_string();
-    tar.pax(&[
-        ("GNU.sparse.major", b"0"),
-        ("GNU.sparse.minor", b"1"),
-        ("GNU.sparse.name", b"zero-one"),
-        ("GNU.sparse.size", real.as_bytes()),
-        ("GNU.sparse.map", b"0,2,1048576,3"),
-    ]);
-    tar.raw(b'0', b"GNUSparseFile.0/zero-one", b"", 0o600, 0, b"abcde");
-    let s = round_trip(&tar.bytes());
+    let s = round_trip(&pax_sparse_pair());
     assert_eq!(s.split.counts(), (2, 0));
 }
 
