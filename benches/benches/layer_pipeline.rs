@@ -30,20 +30,6 @@ const SMALL_FILES: usize = 300;
 /// Folders the small files are spread over.
 const SMALL_DIRS: usize = 20;
 
-/// `len` bytes of a xorshift64* stream from `seed`: incompressible, the same every time.
-fn seeded_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = vec![0u8; len];
-    for chunk in out.chunks_mut(8) {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        let v = x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
-        chunk.copy_from_slice(&v[..chunk.len()]);
-    }
-    out
-}
-
 /// The text of small file `i`: numbered lines, 1 to 16 KiB, compressible as source or
 /// configuration files are.
 fn small_file(i: usize) -> Vec<u8> {
@@ -76,7 +62,7 @@ fn append(b: &mut tar::Builder<Vec<u8>>, path: &str, kind: tar::EntryType, mode:
 fn layer_tar() -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     append(&mut b, "big/", tar::EntryType::Directory, 0o755, &[]);
-    let big = seeded_bytes(BIG_MIB << 20, 0x9e37_79b9_7f4a_7c15);
+    let big = vic_tests::fixtures::seeded_bytes_from(BIG_MIB << 20, 0x9e37_79b9_7f4a_7c15);
     append(&mut b, "big/random", tar::EntryType::Regular, 0o644, &big);
     append(&mut b, "small/", tar::EntryType::Directory, 0o755, &[]);
     for d in 0..SMALL_DIRS {

@@ -832,7 +832,13 @@ pub fn oci_index() -> Index {
 /// `len` bytes of a fixed xorshift64* stream: the same bytes every time, and
 /// incompressible.
 pub fn seeded_bytes(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    seeded_bytes_from(len, 0x9e37_79b9_7f4a_7c15)
+}
+
+/// `len` bytes of the xorshift64* stream from `seed` (made odd): the same for the same
+/// seed, and incompressible.
+pub fn seeded_bytes_from(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
     let mut out = vec![0u8; len];
     for chunk in out.chunks_mut(8) {
         x ^= x >> 12;
